@@ -1,0 +1,228 @@
+"""The config sections every job shares, with verl's key names where the meaning is the same.
+
+A job's config is a dataclass made of these sections (``JobConfig`` below holds them all; a job reads the
+sections it needs). Sizes follow verl: algorithm sizes are global, per-device sizes say ``_per_device``.
+
+verl name map (ours -> verl ``actor_rollout_ref.*`` / ``algorithm.*``)::
+
+    model.path                       actor_rollout_ref.model.path
+    actor.optim.lr                   actor_rollout_ref.actor.optim.lr
+    actor.ppo_mini_batch_size        actor_rollout_ref.actor.ppo_mini_batch_size
+    actor.clip_ratio_low/high        actor_rollout_ref.actor.clip_ratio_low/high
+    actor.kl_loss_coef/type          actor_rollout_ref.actor.kl_loss_coef/type
+    rollout.n / temperature / top_p  actor_rollout_ref.rollout.n / temperature / top_p
+    algorithm.adv_estimator          algorithm.adv_estimator
+    algorithm.kl_coef                algorithm.kl_ctrl.kl_coef (flattened: one coefficient, no controller)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass
+class TrackingConfig:
+    """Where metrics go. ``console`` prints a line per step, ``jsonl`` writes ``metrics.jsonl`` in the run dir,
+    ``wandb`` logs to Weights & Biases (offline when no API key is set or the network is down)."""
+
+    backends: list[Literal["console", "jsonl", "wandb"]] = field(default_factory=lambda: ["console", "jsonl"])
+    wandb_mode: Literal["auto", "online", "offline", "disabled"] = "auto"
+    wandb_group: str | None = None
+    wandb_tags: list[str] = field(default_factory=list)
+    log_every: int = 1
+
+
+@dataclass
+class TrainerConfig:
+    """Run-level settings (verl ``trainer.*``)."""
+
+    project_name: str = "codepercept-rl"
+    experiment_name: str = "run"
+    default_local_dir: str = "runs"  # the run directory is <default_local_dir>/<experiment_name>
+    total_training_steps: int | None = None
+    total_epochs: int = 1
+    seed: int = 0
+    save_freq: int = -1  # steps between checkpoints; -1: only at the end
+    test_freq: int = -1  # steps between validations; -1: only at the end
+    resume_mode: Literal["auto", "disable"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    torch_num_threads: int = 1  # tiny models on shared 2-core machines: one thread is fastest
+    nnodes: int = 1  # learner ranks = nnodes * n_gpus_per_node (verl names; on CPU, "gpus" are processes)
+    n_gpus_per_node: int = 1
+    val_before_train: bool = True
+    log_val_generations: int = 2  # samples (target image | rendered rollout) logged as a table per validation
+    # Added for the learner (S1 issue): complete checkpoints kept under <run_dir>/checkpoints (<= 0: all).
+    max_actor_ckpt_to_keep: int = 2
+
+
+@dataclass
+class ModelConfig:
+    """The policy model (verl ``actor_rollout_ref.model.*``)."""
+
+    path: str | None = None  # a Hugging Face folder; None with tiny_preset builds one offline
+    tiny_arch: Literal["qwen2_5_vl", "qwen3_vl"] = "qwen2_5_vl"
+    tiny_preset: str | None = None
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    enable_gradient_checkpointing: bool = False
+    freeze_vision_tower: bool = False
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
+
+
+@dataclass
+class DataConfig:
+    """Datasets and lengths (verl ``data.*``)."""
+
+    train_files: list[str] = field(default_factory=list)
+    val_files: list[str] = field(default_factory=list)
+    train_batch_size: int = 8  # prompts per step, global
+    val_batch_size: int | None = None
+    max_prompt_length: int = 1024
+    max_response_length: int = 512
+    image_key: str = "images"
+    shuffle: bool = True
+    strict: bool = False  # True: a bad row stops the job instead of being skipped and counted
+
+
+@dataclass
+class OptimConfig:
+    """AdamW and its schedule (verl ``actor.optim.*``)."""
+
+    lr: float = 1e-6
+    weight_decay: float = 0.01
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    lr_warmup_steps_ratio: float = 0.0
+    warmup_style: Literal["constant", "cosine", "linear"] = "constant"
+    min_lr_ratio: float = 0.0
+
+
+@dataclass
+class ActorConfig:
+    """The policy update (verl ``actor_rollout_ref.actor.*``)."""
+
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    ppo_mini_batch_size: int = 8  # prompts per optimizer step, global
+    ppo_micro_batch_size_per_device: int = 4  # sequences per forward/backward on one device
+    ppo_epochs: int = 1
+    clip_ratio_low: float = 0.2
+    clip_ratio_high: float = 0.2
+    loss_agg_mode: Literal[
+        "token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"
+    ] = "token-mean"
+    grad_clip: float = 1.0
+    entropy_coeff: float = 0.0
+    use_kl_loss: bool = False
+    kl_loss_coef: float = 0.001
+    kl_loss_type: Literal["k1", "k3", "low_var_kl", "mse"] = "low_var_kl"
+
+
+@dataclass
+class RolloutConfig:
+    """Generation (verl ``actor_rollout_ref.rollout.*``)."""
+
+    name: Literal["hf", "vllm"] = "hf"
+    n: int = 8  # completions per prompt (the GRPO group size G)
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1
+    repetition_penalty: float = 1.0
+    response_length: int = 512
+    tensor_model_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.5
+    micro_batch_size: int = 16  # sequences per HF generate call; also the granularity of reward overlap
+    val_temperature: float = 0.0  # validation sampling (0: greedy, one sample per prompt)
+    enable_sleep_mode: bool = False  # vLLM colocated with the learner on GPUs: free memory between rollouts
+
+
+@dataclass
+class AlgorithmConfig:
+    """Advantage estimation and KL (verl ``algorithm.*``)."""
+
+    adv_estimator: Literal["grpo"] = "grpo"
+    norm_adv_by_std_in_grpo: bool = True
+    use_kl_in_reward: bool = False
+    kl_penalty: Literal["k1", "k3", "low_var_kl", "mse"] = "low_var_kl"
+    kl_coef: float = 0.001
+    # DAPO dynamic sampling (verl algorithm.filter_groups): drop groups whose rewards are all equal (no signal),
+    # generate for more prompts until train_batch_size groups remain, at most max_num_gen_batches rounds.
+    filter_groups: bool = False
+    max_num_gen_batches: int = 4
+
+
+@dataclass
+class JudgeConfig:
+    """An LLM judge behind any OpenAI-compatible ``/v1/chat/completions`` endpoint (vLLM, SGLang, a hosted API).
+
+    Used by the ``codepercept`` reward for r_image and r_code when ``enabled`` and ``base_url`` is set; otherwise
+    (and per sample when the judge fails) deterministic stand-ins are used. See codepercept_rl/rewards/judge.py.
+    """
+
+    enabled: bool = True
+    base_url: str | None = None  # e.g. http://127.0.0.1:8000/v1; None: no judge
+    model: str = ""
+    api_key_env: str | None = (
+        "CODEPERCEPT_JUDGE_API_KEY"  # name of the env var holding the key (never the key)
+    )
+    timeout_s: float = 60.0  # per HTTP attempt
+    max_concurrency: int = 8  # requests in flight per batch
+    max_retries: int = 3  # after the first attempt, with exponential back-off
+    cache_dir: str | None = None  # disk cache of verdicts keyed by the inputs; None: no cache
+
+
+@dataclass
+class RewardConfig:
+    """The reward function and where it runs."""
+
+    name: str = "codepercept"
+    weights: dict[str, float] = field(default_factory=dict)
+    path: str | None = None  # a user's own function: my_rewards.py:my_fn
+    server_urls: list[str] = field(default_factory=list)  # external reward services; empty: a local pool
+    num_workers: int = 2
+    timeout_s: float = 10.0
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+
+
+@dataclass
+class RayConfig:
+    """Ray placement. ``enabled=false`` runs every actor in-process (RLlib's local mode): breakpoints work."""
+
+    enabled: bool = True
+    address: str | None = None  # None: start a local Ray; "auto": join the running cluster
+    num_cpus: int | None = None
+
+
+@dataclass
+class SFTConfig:
+    """Supervised fine-tuning (S1) specifics; the rest comes from ``trainer``, ``model``, ``data``, ``actor``.
+
+    Added for the learner (S1 issue). Sizes: ``data.train_batch_size`` is the global batch (examples per
+    optimizer step), ``actor.ppo_micro_batch_size_per_device`` the examples per forward/backward.
+    """
+
+    task_ratio: dict[str, float] = field(
+        default_factory=dict
+    )  # e.g. {caption: 1, code: 1}; empty: natural mix
+    max_length: int = 2048  # tokens per example, image tokens included; longer rows are skipped (or strict)
+    group_by_length: bool = True  # micro-batches of similar lengths (little padding); False: epoch order
+    num_processes: int = (
+        1  # ranks the job starts itself (Ray actors or local processes); torchrun: WORLD_SIZE
+    )
+    gen_num_samples: int = 8  # held-out `code` rows whose generated code is run through the reward pool
+    gen_max_new_tokens: int = 256
+    export_hf: bool = True  # write <run_dir>/hf (save_pretrained + processor) at the end
+
+
+@dataclass
+class JobConfig:
+    """All sections. Jobs read the ones they need; unknown keys anywhere are refused."""
+
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    actor: ActorConfig = field(default_factory=ActorConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)  # added for the S1 job

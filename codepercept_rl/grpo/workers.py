@@ -1,0 +1,170 @@
+"""The GRPO step's workers and the one way the driver talks to them.
+
+``Actor(cls, ...)`` puts a worker in a Ray actor (``ray.enabled=true``) or in this process (RLlib's local mode:
+a ``breakpoint()`` works). Either way ``submit(method, ...)`` returns a ``concurrent.futures.Future``, so the
+driver overlaps work the same way in both: reward scoring of one generation chunk runs while the next chunk
+generates.
+
+- :class:`RolloutWorker`: a policy copy and a rollout engine (HF ``generate`` or vLLM); new weights each step.
+- :class:`RewardWorker`: the reward function and its backend (a sandboxed ``RewardPool`` or remote reward
+  services): untrusted completions are executed there, never in the driver or the learner.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from codepercept_rl.config.schema import ModelConfig, RewardConfig, RolloutConfig
+from codepercept_rl.rewards import RewardOutput, RewardSample, build_reward, compute_rewards, make_backend
+from codepercept_rl.rollout import Completion, RolloutPrompt, SamplingParams
+
+
+class Actor:
+    """A worker object in a Ray actor or in this process, with future-returning calls.
+
+    Args:
+        cls: the worker class (a plain class).
+        args, kwargs: its constructor arguments.
+        ray_enabled: place it in a Ray actor.
+        num_cpus, num_gpus: the Ray actor's resources.
+    """
+
+    def __init__(
+        self,
+        cls: type,
+        *args: Any,
+        ray_enabled: bool,
+        num_cpus: float = 1.0,
+        num_gpus: float = 0.0,
+        **kwargs: Any,
+    ) -> None:
+        self._ray = ray_enabled
+        self.name = cls.__name__
+        if ray_enabled:
+            import ray
+
+            remote_cls = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus)(cls)
+            self._handle = remote_cls.remote(*args, **kwargs)
+        else:
+            self._obj = cls(*args, **kwargs)
+            # One thread: calls run in order, like a Ray actor's mailbox, but off the driver's thread.
+            self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=self.name)
+
+    def submit(self, method: str, *args: Any, **kwargs: Any) -> concurrent.futures.Future:
+        """Call ``method`` asynchronously; the future holds its result or raises its exception."""
+        if self._ray:
+            return getattr(self._handle, method).remote(*args, **kwargs).future()
+        return self._pool.submit(getattr(self._obj, method), *args, **kwargs)
+
+    def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """Call ``method`` and wait for its result."""
+        return self.submit(method, *args, **kwargs).result()
+
+    def shutdown(self) -> None:
+        """Close the worker (its ``close`` method when it has one) and free the actor."""
+        try:
+            self.call("close")
+        finally:
+            if self._ray:
+                import ray
+
+                ray.kill(self._handle)
+            else:
+                self._pool.shutdown(wait=True)
+
+
+class RolloutWorker:
+    """A policy copy with a rollout engine.
+
+    Args:
+        model_cfg: the policy (``model.path`` or a tiny preset); the learner pushes weights each step.
+        rollout_cfg: engine and sampling settings.
+        max_prompt_tokens: longer prompts are skipped and counted.
+        seed: for a tiny model built from scratch (the learner's seed: identical initial weights).
+        torch_num_threads: intra-op threads of this process.
+    """
+
+    def __init__(
+        self,
+        model_cfg: ModelConfig,
+        rollout_cfg: RolloutConfig,
+        max_prompt_tokens: int | None,
+        seed: int = 0,
+        torch_num_threads: int = 1,
+    ) -> None:
+        import torch
+
+        from codepercept_rl.learner.learner import load_policy
+
+        torch.set_num_threads(torch_num_threads)
+        self.cfg = rollout_cfg
+        if rollout_cfg.name == "vllm":
+            from codepercept_rl.rollout.vllm_engine import VLLMRolloutEngine
+
+            if not model_cfg.path:
+                raise ValueError("rollout.name=vllm needs model.path (a Hugging Face folder saved for vLLM)")
+            self.engine: Any = VLLMRolloutEngine(
+                model_cfg.path,
+                dtype=model_cfg.dtype,
+                tensor_parallel_size=rollout_cfg.tensor_model_parallel_size,
+                gpu_memory_utilization=rollout_cfg.gpu_memory_utilization,
+                enable_sleep_mode=rollout_cfg.enable_sleep_mode,
+                max_prompt_tokens=max_prompt_tokens,
+            )
+        else:
+            from codepercept_rl.rollout import HFRolloutEngine
+
+            model, processor = load_policy(model_cfg, seed=seed)
+            model.eval()
+            self.engine = HFRolloutEngine(
+                model,
+                processor,
+                micro_batch_size=rollout_cfg.micro_batch_size,
+                max_prompt_tokens=max_prompt_tokens,
+            )
+
+    def generate(self, prompts: Sequence[RolloutPrompt], params: SamplingParams) -> list[list[Completion]]:
+        """``params.n`` completions per prompt."""
+        return self.engine.generate(prompts, params)
+
+    def update_weights(self, state: Mapping[str, Any]) -> int:
+        """Load the learner's full weights; returns how many tensors were loaded."""
+        self.engine.update_weights(state.items())
+        return len(state)
+
+    def stats(self) -> dict[str, int]:
+        """The engine's counters (prompts too long, generated tokens ...)."""
+        return dict(self.engine.stats)
+
+    def close(self) -> None:
+        """Nothing to release beyond the process."""
+
+
+class RewardWorker:
+    """The configured reward and its sandboxed backend.
+
+    Args:
+        reward_cfg: ``reward.name`` / ``weights`` / ``path`` / ``server_urls`` / ``num_workers`` / ``judge``.
+    """
+
+    def __init__(self, reward_cfg: RewardConfig) -> None:
+        self.reward = build_reward(reward_cfg)
+        self.backend = make_backend(reward_cfg)
+
+    def register_targets(self, targets: Mapping[str, bytes]) -> int:
+        """Register target images once; samples then refer to them by id."""
+        return len(self.backend.register_targets(dict(targets)))
+
+    def score(self, samples: Sequence[RewardSample]) -> RewardOutput:
+        """Scores of a batch of completions (one per sample, ``None`` = could not score)."""
+        return compute_rewards(self.reward, list(samples), self.backend)
+
+    def render(self, code: str) -> bytes | None:
+        """The PNG a piece of code draws in the sandbox (for sample tables), or None."""
+        return self.backend.render(code).png
+
+    def close(self) -> None:
+        """Stop the sandbox workers or HTTP connections."""
+        self.backend.close()

@@ -1,0 +1,382 @@
+"""The S1 job: supervised fine-tuning on image -> caption / image -> code conversations.
+
+    codepercept-rl sft recipes/s1_tiny_cpu.yaml [key=value ...] [--resume]
+    torchrun --nproc-per-node 8 -m codepercept_rl.jobs.sft recipes/s1_qwen3vl_4b.yaml
+
+Reads top to bottom: ``setup`` (config, process group, model, data, tracker, reward pool) -> ``train``
+(one optimizer step per global batch; validation loss and a generation check every ``trainer.test_freq``
+steps; a checkpoint every ``trainer.save_freq``) -> ``cleanup``. Loss is on assistant tokens only, averaged
+over all target tokens of the global batch. The generation check greedy-decodes held-out ``code`` rows and
+runs each answer through the reward pool's sandbox (never in this process): ``val/exec_rate`` is the share
+that rendered a figure, ``val/render_score`` the mean render reward against the row's image.
+
+Writes ``<trainer.default_local_dir>/<trainer.experiment_name>/``: ``config.yaml``, ``metrics.jsonl`` (step 0
+is the baseline validation), ``checkpoints/step_*``, ``tables/val_generations`` and, at the end, ``hf/`` (a
+plain Hugging Face folder: the input of R1).
+
+Ranks: under ``torchrun`` every process runs :func:`run_rank`; otherwise ``sft.num_processes`` ranks are
+started here, as Ray actors (``ray.enabled=true``) or local processes. Resuming: ``--resume`` continues from
+the newest complete checkpoint in ``<run_dir>/checkpoints`` (an error if there is none);
+``trainer.resume_mode=auto`` (the default) does the same when one exists. Everything the next steps depend on
+(weights, optimizer, schedule, RNG, data position) is restored, so on CPU a resumed run logs the same losses as
+an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from PIL import Image
+
+from codepercept_rl.config import JobConfig, load_config, to_dict
+from codepercept_rl.data import (
+    S1Dataset,
+    collate,
+    global_batches,
+    mixture_order,
+    padding_share,
+    rank_micro_batches,
+)
+from codepercept_rl.data.s1 import render_prompt
+from codepercept_rl.errors import UserError
+from codepercept_rl.learner import Learner, LearnerConfig, sft_loss
+from codepercept_rl.learner import checkpoint as ckpt
+from codepercept_rl.tracking import Tracker
+from codepercept_rl.utils.run import prepare_run_dir, seed_everything
+
+if TYPE_CHECKING:
+    from reward_servers.pool import RewardPool
+
+log = logging.getLogger("codepercept_rl.sft")
+
+
+@dataclass
+class SFTRun:
+    """Everything one rank holds during the job."""
+
+    cfg: JobConfig
+    run_dir: Path
+    learner: Learner
+    train: S1Dataset
+    val: S1Dataset | None
+    total_steps: int
+    batches_per_epoch: int
+    tracker: Tracker | None = None  # rank 0 only
+    pool: RewardPool | None = None  # rank 0, when the generation check is on
+    summary: dict[str, Any] = field(default_factory=dict)
+    _epoch_batches: dict[int, list[list[int]]] = field(default_factory=dict)
+
+    @property
+    def ckpt_root(self) -> Path:
+        """Where checkpoints go."""
+        return self.run_dir / "checkpoints"
+
+    def batch(self, step: int) -> list[int]:
+        """The global batch (example indices) of 0-based optimizer step ``step``: a pure function of the step."""
+        epoch, i = divmod(step, self.batches_per_epoch)
+        if epoch not in self._epoch_batches:
+            cfg = self.cfg
+            order = mixture_order(
+                self.train.tasks, cfg.sft.task_ratio, cfg.trainer.seed, epoch, cfg.data.shuffle
+            )
+            self._epoch_batches = {epoch: global_batches(order, self.cfg.data.train_batch_size)}
+        return self._epoch_batches[epoch][i]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# setup
+
+
+def setup(cfg: JobConfig, resume: bool = False) -> SFTRun:
+    """Builds this rank's learner, datasets, tracker and reward pool, and restores a checkpoint if asked.
+
+    Raises:
+        UserError: a missing data file, batch sizes that do not fit the data or the ranks, ``--resume``
+            without a checkpoint.
+    """
+    seed_everything(cfg.trainer.seed, cfg.trainer.torch_num_threads)
+    run_dir = Path(cfg.trainer.default_local_dir) / cfg.trainer.experiment_name
+    check_inputs(cfg)
+    try:
+        # The schedule's length is known only once the data is read (below: set_total_steps).
+        learner = Learner(_learner_config(cfg, total_steps=1))
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    rank, world = learner.dist.rank, learner.dist.world_size
+    if learner.dist.is_main:
+        prepare_run_dir(run_dir, cfg)
+    read = {"max_length": cfg.sft.max_length, "strict": cfg.data.strict, "image_key": cfg.data.image_key}
+    train = S1Dataset(cfg.data.train_files, learner.processor, **read)
+    val = S1Dataset(cfg.data.val_files, learner.processor, **read) if cfg.data.val_files else None
+    unused = sorted(set(train.tasks) - set(cfg.sft.task_ratio)) if cfg.sft.task_ratio else []
+    if unused:
+        log.warning("sft.task_ratio does not name task(s) %s: their training rows are not used", unused)
+    batch = cfg.data.train_batch_size
+    if batch % world:
+        raise UserError(f"data.train_batch_size={batch} does not split over {world} ranks")
+    per_epoch = len(train) // batch
+    if per_epoch < 1:
+        raise UserError(f"data.train_batch_size={batch} is larger than the {len(train)} usable training rows")
+    if val is not None and len(val) < world:
+        raise UserError(f"{len(val)} usable validation rows for {world} ranks; give at least one per rank")
+    total = cfg.trainer.total_training_steps or cfg.trainer.total_epochs * per_epoch
+    learner.set_total_steps(total)
+    run = SFTRun(cfg, run_dir, learner, train, val, total, per_epoch)
+    latest = ckpt.latest_checkpoint(run.ckpt_root)
+    if resume and latest is None:
+        raise UserError(f"--resume: no complete checkpoint under {run.ckpt_root}")
+    if latest is not None and not resume and cfg.trainer.resume_mode == "disable":
+        # Starting over next to an old run's checkpoints would mix the two when old ones are pruned or resumed.
+        raise UserError(
+            f"trainer.resume_mode=disable but {run.ckpt_root} holds checkpoints of an earlier run; "
+            "choose another trainer.experiment_name or delete that folder"
+        )
+    if latest is not None and (resume or cfg.trainer.resume_mode == "auto"):
+        extra = learner.load_checkpoint(latest)
+        if extra.get("batches_per_epoch") != per_epoch:
+            log.warning("data changed since the checkpoint (%s batches/epoch, now %d): resuming by step count",
+                        extra.get("batches_per_epoch"), per_epoch)  # fmt: skip
+    if learner.dist.is_main:
+        run.tracker = Tracker(
+            run_dir, project=cfg.trainer.project_name, experiment=cfg.trainer.experiment_name,
+            backends=cfg.tracking.backends, config=to_dict(cfg), wandb_mode=cfg.tracking.wandb_mode,
+            group=cfg.tracking.wandb_group, job_type="sft", tags=cfg.tracking.wandb_tags,
+        )  # fmt: skip
+        if val is not None and cfg.sft.gen_num_samples > 0:
+            run.pool = _start_pool(cfg)
+    skipped = {f"data/skipped_{k}": v for k, v in (train.skipped + (val.skipped if val else {})).items()}
+    run.summary.update(train_rows=len(train), val_rows=len(val) if val else 0, world_size=world, **skipped)
+    log.info("rank %d/%d: %d train rows (%d skipped), %d steps from step %d", rank, world, len(train),
+             sum(train.skipped.values()), total, learner.step)  # fmt: skip
+    return run
+
+
+def check_inputs(cfg: JobConfig) -> None:
+    """The checks that need neither a model nor data (run before ranks are started, and again in each).
+
+    Raises:
+        UserError: no training file, a file that does not exist, a nonsensical size.
+    """
+    if not cfg.data.train_files:
+        raise UserError(
+            "data.train_files is empty: give the S1 JSONL export, e.g. data.train_files=[s1/train.jsonl]"
+        )
+    for f in [*cfg.data.train_files, *cfg.data.val_files]:
+        if not Path(f).is_file():
+            raise UserError(f"S1 file not found: {f}")
+    if cfg.sft.max_length < 2:
+        raise UserError(f"sft.max_length must be >= 2, got {cfg.sft.max_length}")
+    if cfg.sft.num_processes < 1:
+        raise UserError(f"sft.num_processes must be >= 1, got {cfg.sft.num_processes}")
+
+
+def _learner_config(cfg: JobConfig, total_steps: int) -> LearnerConfig:
+    return LearnerConfig(
+        model=cfg.model, optim=cfg.actor.optim, total_steps=total_steps, grad_clip=cfg.actor.grad_clip,
+        seed=cfg.trainer.seed, device=cfg.trainer.device,
+    )  # fmt: skip
+
+
+def _start_pool(cfg: JobConfig) -> RewardPool:
+    from reward_servers.pool import RewardPool
+    from reward_servers.sandbox import SandboxConfig
+
+    return RewardPool(
+        workers=cfg.reward.num_workers, config=SandboxConfig(timeout_s=cfg.reward.timeout_s)
+    ).start()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# train
+
+
+def train(run: SFTRun) -> None:
+    """Optimizer steps from the learner's current step to ``run.total_steps``, with validation and saves."""
+    cfg, learner = run.cfg, run.learner
+    rank, world = learner.dist.rank, learner.dist.world_size
+    tok = learner.processor.tokenizer
+    lengths = run.train.lengths
+    if run.val is not None and learner.step == 0:  # the baseline the run's validation curve starts from
+        metrics = validate(run)
+        run.summary.update({f"{k}_initial": v for k, v in metrics.items() if k.startswith("val/")})
+        if run.tracker is not None:
+            run.tracker.log(metrics, step=0)
+    while learner.step < run.total_steps:
+        t0 = time.perf_counter()
+        step = learner.step  # 0-based index of the step about to run
+        batch = run.batch(step)
+        mb_indices = rank_micro_batches(
+            batch, lengths, rank, world, cfg.actor.ppo_micro_batch_size_per_device, cfg.sft.group_by_length
+        )
+        micro = [collate([run.train[i] for i in idx], tok.pad_token_id, learner.processor.image_token_id)
+                 for idx in mb_indices]  # fmt: skip
+        # The normaliser is global and needs no collective: every rank knows the whole batch.
+        targets = sum(float(run.train[i].loss_mask.sum()) for i in batch)
+        stats = learner.train_step(micro, sft_loss, normalizer=targets)
+        dt = time.perf_counter() - t0
+        real_tokens = sum(lengths[i] for i in batch)
+        pad, slots = padding_share(mb_indices, lengths)
+        metrics = {
+            "train/loss": stats["loss"], "train/grad_norm": stats["grad_norm"], "train/lr": stats["lr"],
+            "train/target_tokens": targets, "train/padding_share": pad / slots,
+            "train/epoch": step / run.batches_per_epoch, "timing_s/step": dt,
+            "perf/tokens_per_s": real_tokens / dt,
+        }  # fmt: skip
+        if stats["skipped"]:
+            metrics["train/skipped_update"] = 1
+        done = learner.step
+        last = done == run.total_steps
+        if run.val is not None and (
+            last or (cfg.trainer.test_freq > 0 and done % cfg.trainer.test_freq == 0)
+        ):
+            metrics.update(validate(run))
+        if last or (cfg.trainer.save_freq > 0 and done % cfg.trainer.save_freq == 0):
+            t1 = time.perf_counter()
+            epoch, i = divmod(done, run.batches_per_epoch)
+            extra = {"epoch": epoch, "batch_in_epoch": i, "batches_per_epoch": run.batches_per_epoch}
+            learner.save_checkpoint(run.ckpt_root, extra=extra, keep=cfg.trainer.max_actor_ckpt_to_keep)
+            metrics["timing_s/save"] = time.perf_counter() - t1
+        if run.tracker is not None and (last or done % cfg.tracking.log_every == 0):
+            run.tracker.log(metrics, step=done)
+        run.summary.update({k: v for k, v in metrics.items() if k.startswith(("train/loss", "val/"))})
+    if cfg.sft.export_hf:
+        learner.export_hf(run.run_dir / "hf")
+
+
+def validate(run: SFTRun) -> dict[str, float]:
+    """Validation loss (target-token mean over all held-out rows) and the generation check; every rank."""
+    assert run.val is not None
+    learner, cfg = run.learner, run.cfg
+    t0 = time.perf_counter()
+    # Every row once: longest first, dealt round-robin (ranks may differ by one row; the learner pads forwards).
+    ranked = sorted(range(len(run.val)), key=lambda i: -run.val.lengths[i])[
+        learner.dist.rank :: learner.dist.world_size
+    ]
+    size = cfg.actor.ppo_micro_batch_size_per_device
+    tok = learner.processor.tokenizer
+    micro = [collate([run.val[i] for i in ranked[j : j + size]], tok.pad_token_id, learner.processor.image_token_id)
+             for j in range(0, len(ranked), size)]  # fmt: skip
+    targets = sum(float(e.loss_mask.sum()) for e in run.val.examples)
+    metrics = {
+        "val/loss": learner.loss_sum(micro, sft_loss) / targets,
+        "timing_s/val": time.perf_counter() - t0,
+    }
+    if cfg.sft.gen_num_samples > 0:
+        metrics.update(generation_check(run))
+    return metrics
+
+
+def generation_check(run: SFTRun) -> dict[str, float]:
+    """Greedy answers to held-out ``code`` rows, run through the reward pool's sandbox.
+
+    ``val/exec_rate``: share of answers whose code rendered a figure; ``val/render_score``: mean render
+    reward against the row's image (the pool's default ``render`` reward, 0 when the code failed).
+    """
+    assert run.val is not None
+    t0 = time.perf_counter()
+    model = run.learner.rollout_model()  # collective: every rank gathers, rank 0 gets the model
+    if model is None:
+        return {}
+    rows = [e for e in run.val.examples if e.task == "code"][: run.cfg.sft.gen_num_samples]
+    if not rows:
+        return {}
+    processor = run.learner.processor
+    completions = []
+    with torch.no_grad():
+        for e in rows:
+            prompt_messages = e.messages[
+                : max(i for i, m in enumerate(e.messages) if m["role"] == "assistant")
+            ]
+            inputs = processor(
+                text=[render_prompt(processor, prompt_messages)], images=e.images or None, return_tensors="pt"
+            )
+            inputs = inputs.to(model.device)
+            out = model.generate(**inputs, max_new_tokens=run.cfg.sft.gen_max_new_tokens, do_sample=False)
+            completions.append(
+                processor.tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+            )
+    # The row's image is the target: the pool runs the code in its sandbox and compares the render with it.
+    items = [{"code": c, "target_png": _png(e.images[0])} if e.images else {"code": c, "reference_code": c}
+             for e, c in zip(rows, completions, strict=True)]  # fmt: skip
+    results = run.pool.score(items)
+    ok = [r.status == "ok" for r in results]
+    if run.tracker is not None:
+        table = [[e.id, c[:2000], r.status] for e, c, r in zip(rows, completions, results, strict=True)]
+        run.tracker.log_table("val_generations", ["id", "completion", "status"], table, step=run.learner.step)
+    return {
+        "val/exec_rate": sum(ok) / len(ok), "val/render_score": sum(r.score for r in results) / len(results),
+        "val/gen_samples": len(ok), "timing_s/gen": time.perf_counter() - t0,
+    }  # fmt: skip
+
+
+def _png(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# cleanup
+
+
+def cleanup(run: SFTRun) -> None:
+    """Closes the reward pool and the tracker (with the run's summary)."""
+    if run.pool is not None:
+        run.pool.close()
+    if run.tracker is not None:
+        run.tracker.summary(run.summary)
+        run.tracker.finish()
+
+
+def run_rank(cfg: JobConfig, resume: bool = False) -> dict[str, Any]:
+    """The whole job on this rank (torchrun process, Ray actor or the only process); returns the summary."""
+    from codepercept_rl.learner.dist import destroy_distributed
+
+    if not logging.getLogger().handlers:  # here, not in main: spawned ranks and Ray actors start bare
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        run = setup(cfg, resume)
+        try:
+            train(run)
+        finally:
+            cleanup(run)
+    finally:
+        destroy_distributed()  # also after a refused set-up: the process group must not outlive the job
+    return run.summary
+
+
+# --------------------------------------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``codepercept-rl sft RECIPE [overrides] [--resume]``; returns the exit code."""
+    parser = argparse.ArgumentParser(prog="codepercept-rl sft", description=__doc__.split("\n\n")[0])
+    parser.add_argument("recipe", help="a YAML recipe, e.g. recipes/s1_tiny_cpu.yaml")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. actor.optim.lr=1e-5")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue from the newest checkpoint (must exist)"
+    )
+    args = parser.parse_args(argv)
+    cfg = load_config(args.recipe, args.overrides, schema=JobConfig)
+    check_inputs(cfg)  # here too: a user mistake fails in one line before any rank starts
+    if "WORLD_SIZE" in os.environ or cfg.sft.num_processes == 1:
+        run_rank(cfg, resume=args.resume)
+        return 0
+    from codepercept_rl.learner.actor import run_on_ranks
+
+    gpus = 1.0 if cfg.trainer.device == "cuda" else 0.0  # Ray gives each rank actor its own GPU
+    run_on_ranks(run_rank, cfg.sft.num_processes, cfg, args.resume, ray_cfg=cfg.ray, num_gpus_per_rank=gpus)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

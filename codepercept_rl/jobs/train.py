@@ -1,0 +1,532 @@
+"""The R1 job: GRPO with code-execution rewards, driven from here, work done by actors.
+
+    codepercept-rl train recipes/r1_tiny_cpu.yaml [key=value ...] [--resume]
+
+Reads top to bottom: ``setup`` (config, Ray, data, learner ranks, rollout worker, reward worker, tracker,
+resume) -> ``train`` (``grpo_step`` until ``trainer.total_training_steps``, validation every
+``trainer.test_freq``, a checkpoint every ``trainer.save_freq``) -> ``cleanup``.
+
+One step (:func:`grpo_step`), each phase timed under ``timing_s/<phase>``:
+
+1. ``gen``: the rollout worker samples ``rollout.n`` completions per prompt, in chunks;
+2. ``reward``: each chunk is scored by the reward worker (sandboxed renders) as soon as it is generated, so
+   scoring overlaps generation; ``timing_s/reward`` is the wait left after generation ended. With
+   ``algorithm.filter_groups`` groups whose rewards are all equal are dropped and more prompts are sampled;
+3. ``old_log_prob`` / ``ref``: log-probs of the sampling policy (recomputed by the learner, as verl does) and,
+   when a KL term is on, of the frozen reference;
+4. ``adv``: group-normalised advantages (``algorithm.norm_adv_by_std_in_grpo=false``: Dr. GRPO);
+5. ``update_actor``: ``actor.ppo_epochs`` passes over mini-batches of ``actor.ppo_mini_batch_size`` prompts;
+6. ``update_weights``: the learner's new weights go to the rollout worker (in memory locally, through the
+   object store with Ray).
+
+Sampling is seeded per step, so a run resumed from a checkpoint (``--resume``, or ``trainer.resume_mode=auto``)
+logs the same metrics as an uninterrupted one on CPU. Metric names follow verl (``actor/pg_loss``,
+``critic/score/mean``, ``response_length/mean``, ``timing_s/*``, ``perf/throughput``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import statistics
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from codepercept_rl.config import JobConfig, load_config, to_dict
+from codepercept_rl.errors import UserError
+from codepercept_rl.grpo.algos import grpo_advantages, kl_penalty
+from codepercept_rl.grpo.batch import (
+    PromptEncoder,
+    Rollout,
+    TrainBatch,
+    build_micro_batches,
+    response_logprobs,
+)
+from codepercept_rl.grpo.data import PromptSampler, R1Dataset
+from codepercept_rl.grpo.loss import GRPOLoss
+from codepercept_rl.grpo.workers import Actor, RewardWorker, RolloutWorker
+from codepercept_rl.learner import LearnerConfig
+from codepercept_rl.learner import checkpoint as ckpt
+from codepercept_rl.learner.actor import LearnerGroup
+from codepercept_rl.rollout import SamplingParams
+from codepercept_rl.rollout.hf import vision_token_ids
+from codepercept_rl.tracking import Tracker
+from codepercept_rl.utils.run import prepare_run_dir, seed_everything
+
+log = logging.getLogger("codepercept_rl.train")
+
+MAX_CONSECUTIVE_SKIPPED_UPDATES = 3  # non-finite gradients this many steps in a row stop the run
+
+
+@dataclass
+class GRPORun:
+    """Everything the driver holds."""
+
+    cfg: JobConfig
+    run_dir: Path
+    tracker: Tracker
+    train_data: R1Dataset
+    val_data: R1Dataset | None
+    sampler: PromptSampler
+    learners: LearnerGroup
+    reference: LearnerGroup | None
+    rollout: Actor
+    reward: Actor
+    encoder: PromptEncoder
+    loss: GRPOLoss
+    world_size: int
+    total_steps: int
+    vision_ids: frozenset[int] = frozenset()
+    step: int = 0
+    skipped_in_a_row: int = 0
+    counters: Counter = field(default_factory=Counter)
+
+    @property
+    def ckpt_root(self) -> Path:
+        """Where checkpoints go."""
+        return self.run_dir / "checkpoints"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# setup
+
+
+def setup(cfg: JobConfig, resume: bool = False) -> GRPORun:
+    """Starts Ray (unless disabled), the actors and the tracker, and restores a checkpoint if asked.
+
+    Raises:
+        UserError: missing data, sizes that do not fit, ``--resume`` without a checkpoint.
+    """
+    _validate(cfg)
+    seed_everything(cfg.trainer.seed, cfg.trainer.torch_num_threads)
+    run_dir = prepare_run_dir(Path(cfg.trainer.default_local_dir) / cfg.trainer.experiment_name, cfg)
+    train_data = R1Dataset(cfg.data.train_files, strict=cfg.data.strict)
+    val_data = R1Dataset(cfg.data.val_files, strict=cfg.data.strict) if cfg.data.val_files else None
+    if cfg.ray.enabled:
+        import ray
+
+        if not ray.is_initialized():
+            ray.init(address=cfg.ray.address, num_cpus=cfg.ray.num_cpus, include_dashboard=False,
+                     log_to_driver=True)  # fmt: skip
+    world = cfg.trainer.nnodes * cfg.trainer.n_gpus_per_node
+    on_gpu = cfg.trainer.device == "cuda" or (cfg.trainer.device == "auto" and torch.cuda.is_available())
+    total = cfg.trainer.total_training_steps or max(1, cfg.trainer.total_epochs * len(train_data)
+                                                   // cfg.data.train_batch_size)  # fmt: skip
+    learner_cfg = LearnerConfig(
+        model=cfg.model,
+        optim=cfg.actor.optim,
+        total_steps=total,
+        grad_clip=cfg.actor.grad_clip,
+        seed=cfg.trainer.seed,
+        device=cfg.trainer.device,
+    )
+    learners = LearnerGroup(learner_cfg, world, cfg.ray, num_gpus_per_rank=1.0 if on_gpu else 0.0)
+    reference = None
+    if _needs_reference(cfg):
+        # A frozen copy of the initial policy on the same ranks layout; its optimizer never steps.
+        reference = LearnerGroup(learner_cfg, world, cfg.ray, num_gpus_per_rank=0.0)
+    rollout = Actor(RolloutWorker, cfg.model, cfg.rollout, cfg.data.max_prompt_length, cfg.trainer.seed,
+                    cfg.trainer.torch_num_threads, ray_enabled=cfg.ray.enabled, num_cpus=1,
+                    num_gpus=1.0 if on_gpu and cfg.rollout.name == "vllm" else 0.0)  # fmt: skip
+    reward = Actor(RewardWorker, cfg.reward, ray_enabled=cfg.ray.enabled, num_cpus=0)
+    targets = {**train_data.targets(), **(val_data.targets() if val_data else {})}
+    reward.call("register_targets", targets)
+    processor = _driver_processor(cfg)
+    loss = GRPOLoss(
+        clip_ratio_low=cfg.actor.clip_ratio_low, clip_ratio_high=cfg.actor.clip_ratio_high,
+        loss_agg_mode=cfg.actor.loss_agg_mode, use_kl_loss=cfg.actor.use_kl_loss,
+        kl_loss_coef=cfg.actor.kl_loss_coef, kl_loss_type=cfg.actor.kl_loss_type,
+        max_response_length=cfg.rollout.response_length,
+    )  # fmt: skip
+    tracker = Tracker(
+        run_dir, project=cfg.trainer.project_name, experiment=cfg.trainer.experiment_name,
+        backends=cfg.tracking.backends, config=to_dict(cfg), wandb_mode=cfg.tracking.wandb_mode,
+        group=cfg.tracking.wandb_group, job_type="grpo", tags=cfg.tracking.wandb_tags,
+    )  # fmt: skip
+    run = GRPORun(cfg, run_dir, tracker, train_data, val_data,
+                  PromptSampler(len(train_data), cfg.trainer.seed, cfg.data.shuffle), learners, reference,
+                  rollout, reward, PromptEncoder(processor), loss, world, total,
+                  frozenset(vision_token_ids(processor.tokenizer)))  # fmt: skip
+    latest = ckpt.latest_checkpoint(run.ckpt_root)
+    if resume and latest is None:
+        raise UserError(f"--resume: no complete checkpoint under {run.ckpt_root}")
+    if latest is not None and (resume or cfg.trainer.resume_mode == "auto"):
+        extra = learners.call("load_checkpoint", per_rank_args=[(str(latest),)] * world)[0]
+        run.step = int(extra["step"])
+        run.sampler.load_state(extra["sampler"])
+        log.info("resumed from %s at step %d", latest, run.step)
+    _sync_weights(run)
+    return run
+
+
+def _validate(cfg: JobConfig) -> None:
+    if not cfg.data.train_files:
+        raise UserError(
+            "data.train_files is empty: give the R1 parquet export, e.g. data.train_files=[r1/train.parquet]"
+        )
+    if cfg.rollout.n < 2:
+        raise UserError(f"rollout.n={cfg.rollout.n}: GRPO needs at least 2 completions per prompt")
+    if cfg.data.train_batch_size % cfg.actor.ppo_mini_batch_size:
+        raise UserError(f"data.train_batch_size={cfg.data.train_batch_size} is not a multiple of "
+                        f"actor.ppo_mini_batch_size={cfg.actor.ppo_mini_batch_size}")  # fmt: skip
+    world = cfg.trainer.nnodes * cfg.trainer.n_gpus_per_node
+    if world > 1 and not cfg.ray.enabled:
+        raise UserError(f"{world} learner ranks need Ray (ray.enabled=true) or torchrun")
+    if cfg.actor.entropy_coeff != 0:
+        raise UserError("actor.entropy_coeff != 0 is not supported yet (entropy is logged, not optimised)")
+
+
+def _needs_reference(cfg: JobConfig) -> bool:
+    return (cfg.actor.use_kl_loss and cfg.actor.kl_loss_coef > 0) or (
+        cfg.algorithm.use_kl_in_reward and cfg.algorithm.kl_coef > 0
+    )
+
+
+def _driver_processor(cfg: JobConfig) -> Any:
+    """The policy's processor (the driver tokenises prompts into learner micro-batches)."""
+    from codepercept_rl.learner.learner import load_policy
+
+    if cfg.model.path:
+        from transformers import AutoProcessor
+
+        import codepercept_rl.models  # noqa: F401 - registers the image-only processor classes
+
+        return AutoProcessor.from_pretrained(cfg.model.path)
+    return load_policy(cfg.model, seed=cfg.trainer.seed)[1]
+
+
+def _sync_weights(run: GRPORun) -> float:
+    """Phase 6: the learner's full weights to the rollout worker. Returns seconds."""
+    t0 = time.perf_counter()
+    state = run.learners.call("state_dict_for_rollout")[0]
+    run.rollout.call("update_weights", state)
+    return time.perf_counter() - t0
+
+
+# --------------------------------------------------------------------------------------------------------------
+# one step
+
+
+def _sampling(cfg: JobConfig, seed: int, *, validation: bool = False) -> SamplingParams:
+    r = cfg.rollout
+    if validation:
+        greedy = r.val_temperature == 0
+        return SamplingParams(n=1, temperature=r.val_temperature, top_p=1.0 if greedy else r.top_p,
+                              max_tokens=r.response_length, seed=seed)  # fmt: skip
+    return SamplingParams(n=r.n, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
+                          repetition_penalty=r.repetition_penalty, max_tokens=r.response_length, seed=seed)  # fmt: skip
+
+
+def generate_and_score(
+    run: GRPORun, items: list[int], params: SamplingParams, data: R1Dataset
+) -> tuple[TrainBatch, float, float]:
+    """Phases 1-2 for ``items``: generation in chunks, each chunk scored as soon as it exists.
+
+    Returns:
+        The batch (rollouts in prompt-major order), seconds generating, seconds waiting for rewards after.
+    """
+    per_chunk = max(1, run.cfg.rollout.micro_batch_size // params.n)
+    chunks = [items[i : i + per_chunk] for i in range(0, len(items), per_chunk)]
+    t0 = time.perf_counter()
+    gen_futures = [
+        run.rollout.submit("generate", [data[i].prompt for i in chunk],
+                           SamplingParams(**{**params.__dict__, "seed": (params.seed or 0) + 7919 * c}))
+        for c, chunk in enumerate(chunks)
+    ]  # fmt: skip
+    prompts, rollouts, score_futures = [], [], []
+    for chunk, fut in zip(chunks, gen_futures, strict=True):
+        groups = fut.result()
+        samples = []
+        for i, group in zip(chunk, groups, strict=True):
+            p_index = len(prompts)
+            prompts.append(data[i].prompt)
+            for comp in group:
+                ids = _cut_at_vision_tokens(comp.token_ids, run.vision_ids)
+                rollouts.append(Rollout(p_index, i, ids, comp.text, comp.finish_reason))
+                samples.append(data[i].reward_sample(comp.text))
+        score_futures.append((len(rollouts) - len(samples), run.reward.submit("score", samples)))
+    gen_s = time.perf_counter() - t0
+    for start, fut in score_futures:
+        out = fut.result()
+        for k, score in enumerate(out.scores):
+            r = rollouts[start + k]
+            r.score, r.status = score, out.statuses[k]
+            r.components = {name: vals[k] for name, vals in out.components.items()}
+    return TrainBatch(prompts, rollouts), gen_s, time.perf_counter() - t0 - gen_s
+
+
+def _cut_at_vision_tokens(ids: list[int], vision_ids: frozenset[int]) -> list[int]:
+    """Responses end before any vision placeholder (an engine that cannot suppress them, e.g. vLLM): fed back
+    to the learner, one would make the model look for image features that do not exist."""
+    for t, tid in enumerate(ids):
+        if tid in vision_ids:
+            return ids[:t]
+    return ids
+
+
+def _split(seqs: list[int], parts: int) -> list[list[int]]:
+    return [seqs[r::parts] for r in range(parts)]
+
+
+def _logprobs(group: LearnerGroup, run: GRPORun, batch: TrainBatch, order: list[int]) -> list[torch.Tensor]:
+    """Response log-probs of ``order`` under ``group``'s current weights (every rank gets a share)."""
+    shares = _split(list(range(len(order))), run.world_size)
+    mbs = [build_micro_batches(batch, [order[k] for k in share], run.encoder, run.cfg.actor.ppo_micro_batch_size_per_device)
+           for share in shares]  # fmt: skip
+    outs = group.call("forward_logprobs_batches", per_rank_args=[(m,) for m in mbs])
+    result: list[torch.Tensor | None] = [None] * len(order)
+    for share, rank_mbs, rank_out in zip(shares, mbs, outs, strict=True):
+        flat = [lp for mb, lps in zip(rank_mbs, rank_out, strict=True) for lp in response_logprobs(lps, mb)]
+        for k, lp in zip(share, flat, strict=True):
+            result[k] = lp
+    return result  # type: ignore[return-value]
+
+
+def grpo_step(run: GRPORun) -> dict[str, float]:
+    """One GRPO step (module docstring); returns its metrics."""
+    cfg, step = run.cfg, run.step
+    t_step = time.perf_counter()
+    timing: dict[str, float] = {}
+    want = cfg.data.train_batch_size
+
+    # 1-2. rollout and reward (overlapped), with dynamic sampling
+    kept = TrainBatch([], [])
+    rounds, filtered = 0, 0
+    gen_s = reward_s = 0.0
+    while len(kept.prompts) < want:
+        rounds += 1
+        items = run.sampler.take(want - len(kept.prompts) if cfg.algorithm.filter_groups else want)
+        seed = cfg.trainer.seed * 1_000_003 + step * 101 + rounds
+        batch, g_s, r_s = generate_and_score(run, items, _sampling(cfg, seed), run.train_data)
+        gen_s, reward_s = gen_s + g_s, reward_s + r_s
+        for p_index, prompt in enumerate(batch.prompts):
+            group = [r for r in batch.rollouts if r.prompt_index == p_index]
+            scores = [r.score for r in group if r.score is not None]
+            if cfg.algorithm.filter_groups and (len(scores) < 2 or max(scores) - min(scores) < 1e-8):
+                filtered += 1
+                continue
+            new_index = len(kept.prompts)
+            kept.prompts.append(prompt)
+            for r in group:
+                r.prompt_index = new_index
+                kept.rollouts.append(r)
+        if not cfg.algorithm.filter_groups or rounds >= cfg.algorithm.max_num_gen_batches:
+            break
+    timing["gen"], timing["reward"] = gen_s, reward_s
+    if not kept.rollouts:
+        run.counters["steps_without_signal"] += 1
+        return {"batch/filtered_groups": float(filtered), "batch/num_gen_batches": float(rounds),
+                "timing_s/gen": gen_s, "timing_s/reward": reward_s,
+                "timing_s/step": time.perf_counter() - t_step}  # fmt: skip
+
+    trainable = [k for k, r in enumerate(kept.rollouts) if r.token_ids]
+
+    # 3. log-probs of the sampling policy and of the reference
+    t0 = time.perf_counter()
+    old = _logprobs(run.learners, run, kept, trainable)
+    timing["old_log_prob"] = time.perf_counter() - t0
+    ref = None
+    if run.reference is not None:
+        t0 = time.perf_counter()
+        ref = _logprobs(run.reference, run, kept, trainable)
+        timing["ref"] = time.perf_counter() - t0
+
+    # 4. advantages (a KL penalty in the reward first, when asked)
+    t0 = time.perf_counter()
+    scores = torch.tensor([math.nan if r.score is None else r.score for r in kept.rollouts])
+    rewards = scores.clone()
+    kl_in_reward = None
+    if cfg.algorithm.use_kl_in_reward and ref is not None:
+        kl_in_reward = torch.zeros(len(kept.rollouts))
+        for k, idx in enumerate(trainable):
+            kl_in_reward[idx] = kl_penalty(old[k], ref[k], cfg.algorithm.kl_penalty).sum()
+        rewards = rewards - cfg.algorithm.kl_coef * kl_in_reward
+    adv = grpo_advantages(rewards, [r.prompt_index for r in kept.rollouts],
+                          norm_by_std=cfg.algorithm.norm_adv_by_std_in_grpo)  # fmt: skip
+    for r, a in zip(kept.rollouts, adv.tolist(), strict=True):
+        r.advantage = a
+    timing["adv"] = time.perf_counter() - t0
+
+    # 5. update: ppo_epochs x mini-batches (whole groups per mini-batch)
+    t0 = time.perf_counter()
+    update_stats: Counter = Counter()
+    grad_norms, lrs, skipped = [], [], 0
+    pos_of = {idx: k for k, idx in enumerate(trainable)}
+    groups_per_mb = cfg.actor.ppo_mini_batch_size
+    n_groups = len(kept.prompts)
+    for epoch in range(cfg.actor.ppo_epochs):
+        g_order = list(range(n_groups))
+        if epoch > 0:
+            torch.manual_seed(cfg.trainer.seed + 7 * step + epoch)
+            g_order = torch.randperm(n_groups).tolist()
+        for start in range(0, n_groups, groups_per_mb):
+            mb_groups = set(g_order[start : start + groups_per_mb])
+            seqs = [idx for idx in trainable if kept.rollouts[idx].prompt_index in mb_groups]
+            if not seqs:
+                continue
+            tokens = sum(len(kept.rollouts[i].token_ids) for i in seqs)
+            normalizer = run.loss.normalizer(tokens, len(seqs))
+            shares = _split(seqs, run.world_size)
+            per_rank = []
+            for share in shares:
+                mbs = build_micro_batches(
+                    kept, share, run.encoder, cfg.actor.ppo_micro_batch_size_per_device,
+                    old_logprobs=[old[pos_of[i]] for i in share],
+                    ref_logprobs=[ref[pos_of[i]] for i in share] if ref is not None else None,
+                )  # fmt: skip
+                per_rank.append((mbs, run.loss, normalizer))
+            out = run.learners.call("train_step", per_rank_args=per_rank)[0]
+            grad_norms.append(out["grad_norm"])
+            lrs.append(out["lr"])
+            skipped += int(out["skipped"])
+            for k, v in out.items():
+                if k.startswith("stats/"):
+                    update_stats[k[6:]] += v
+    timing["update_actor"] = time.perf_counter() - t0
+    run.skipped_in_a_row = run.skipped_in_a_row + 1 if skipped else 0
+
+    # 6. weights to the rollout worker
+    timing["update_weights"] = _sync_weights(run)
+    timing["step"] = time.perf_counter() - t_step
+    return _step_metrics(run, kept, scores, rewards, adv, update_stats, grad_norms, lrs, skipped, filtered,
+                         rounds, timing, kl_in_reward)  # fmt: skip
+
+
+def _stats(prefix: str, values: Sequence[float]) -> dict[str, float]:
+    vals = [v for v in values if not math.isnan(v)]
+    if not vals:
+        return {}
+    return {f"{prefix}/mean": statistics.fmean(vals), f"{prefix}/max": max(vals), f"{prefix}/min": min(vals)}
+
+
+def _step_metrics(run, kept, scores, rewards, adv, update_stats, grad_norms, lrs, skipped, filtered, rounds,
+                  timing, kl_in_reward) -> dict[str, float]:  # fmt: skip
+    cfg = run.cfg
+    m: dict[str, float] = {}
+    m.update(_stats("critic/score", scores.tolist()))
+    m.update(_stats("critic/rewards", rewards.tolist()))
+    m.update(_stats("critic/advantages", adv.tolist()))
+    lengths = [len(r.token_ids) for r in kept.rollouts]
+    m.update(_stats("response_length", lengths))
+    m["response_length/clip_ratio"] = sum(r.finish_reason == "length" for r in kept.rollouts) / len(lengths)
+    tokens = update_stats.pop("tokens", 0.0)
+    for k, v in update_stats.items():
+        m[f"actor/{k}"] = v / max(tokens, 1.0)
+    if grad_norms:
+        m["actor/grad_norm"] = statistics.fmean(g for g in grad_norms if math.isfinite(g)) if any(
+            math.isfinite(g) for g in grad_norms) else math.nan  # fmt: skip
+        m["actor/lr"] = lrs[-1]
+    m["actor/skipped_updates"] = float(skipped)
+    if kl_in_reward is not None:
+        m["critic/kl_in_reward"] = float(kl_in_reward.mean())
+    for name in sorted({c for r in kept.rollouts for c in r.components}):
+        vals = [r.components.get(name) for r in kept.rollouts]
+        vals = [float(v) for v in vals if v is not None]
+        if vals:
+            m[f"reward/{name}/mean"] = statistics.fmean(vals)
+    for status, count in Counter(r.status for r in kept.rollouts).items():
+        m[f"reward/status/{status}"] = float(count)
+    m["batch/num_prompts"] = float(len(kept.prompts))
+    m["batch/filtered_groups"] = float(filtered)
+    m["batch/num_gen_batches"] = float(rounds)
+    m["batch/prompt_too_long"] = float(sum(r.finish_reason == "prompt_too_long" for r in kept.rollouts))
+    for k, v in timing.items():
+        m[f"timing_s/{k}"] = v
+    total_tokens = sum(lengths) + sum(len(run.encoder.encode(p)[0]) for p in kept.prompts) * cfg.rollout.n
+    m["perf/total_num_tokens"] = float(total_tokens)
+    m["perf/throughput"] = total_tokens / max(timing["step"], 1e-9)
+    return m
+
+
+# --------------------------------------------------------------------------------------------------------------
+# validation, training loop, cleanup
+
+
+def validate(run: GRPORun) -> dict[str, float]:
+    """Greedy (``rollout.val_temperature=0``) answers on the validation set, scored by the reward."""
+    if run.val_data is None:
+        return {}
+    items = list(range(len(run.val_data)))
+    batch, gen_s, _ = generate_and_score(run, items, _sampling(run.cfg, run.cfg.trainer.seed, validation=True),
+                                         run.val_data)  # fmt: skip
+    scores = [r.score for r in batch.rollouts if r.score is not None]
+    m = {"val/score/mean": statistics.fmean(scores) if scores else math.nan,
+         "val/exec_rate": sum(r.status == "ok" for r in batch.rollouts) / len(batch.rollouts),
+         "timing_s/val_gen": gen_s}  # fmt: skip
+    for name in sorted({c for r in batch.rollouts for c in r.components}):
+        vals = [float(v) for r in batch.rollouts if (v := r.components.get(name)) is not None]
+        if vals:
+            m[f"val/{name}/mean"] = statistics.fmean(vals)
+    rows = []
+    for r in batch.rollouts[: run.cfg.trainer.log_val_generations]:
+        item = run.val_data[r.item_index]
+        render = run.reward.call("render", r.text) if r.status == "ok" else None
+        rows.append([item.item_id, item.target_png, render, r.score, r.text[-2000:]])
+    if rows:
+        run.tracker.log_table(
+            "val/generations", ["item", "target", "render", "score", "completion"], rows, run.step
+        )
+    return m
+
+
+def train(run: GRPORun) -> None:
+    """Steps until ``total_steps``; validation and checkpoints on their schedules."""
+    cfg = run.cfg
+    if cfg.trainer.val_before_train and run.step == 0:
+        run.tracker.log(validate(run), step=0)
+    while run.step < run.total_steps:
+        metrics = grpo_step(run)
+        run.step += 1
+        last = run.step == run.total_steps
+        if run.val_data is not None and (
+            last or (cfg.trainer.test_freq > 0 and run.step % cfg.trainer.test_freq == 0)
+        ):
+            metrics.update(validate(run))
+        run.tracker.log(metrics, step=run.step)
+        if run.skipped_in_a_row >= MAX_CONSECUTIVE_SKIPPED_UPDATES:
+            raise UserError(f"stopping at step {run.step}: {run.skipped_in_a_row} updates in a row had a non-finite "
+                            "gradient (NaN/inf loss); lower actor.optim.lr or check the data")  # fmt: skip
+        if last or (cfg.trainer.save_freq > 0 and run.step % cfg.trainer.save_freq == 0):
+            extra = {"step": run.step, "sampler": run.sampler.state()}
+            run.learners.call("save_checkpoint", per_rank_args=[(str(run.ckpt_root),)] * run.world_size,
+                              extra=extra, keep=cfg.trainer.max_actor_ckpt_to_keep)  # fmt: skip
+    # A plain Hugging Face folder of the final policy (from_pretrained, vLLM, codepercept-rl eval --model).
+    run.learners.call("export_hf", per_rank_args=[(str(run.run_dir / "hf"),)] * run.world_size)
+
+
+def cleanup(run: GRPORun) -> None:
+    """Close the actors and the tracker."""
+    for actor in (run.rollout, run.reward):
+        actor.shutdown()
+    run.learners.shutdown()
+    if run.reference is not None:
+        run.reference.shutdown()
+    run.tracker.finish()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``codepercept-rl train RECIPE [key=value ...] [--resume]``."""
+    parser = argparse.ArgumentParser(
+        prog="codepercept-rl train", description="GRPO (R1) with code-execution rewards."
+    )
+    parser.add_argument("recipe", help="a YAML recipe, e.g. recipes/r1_tiny_cpu.yaml")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. rollout.n=8 actor.optim.lr=1e-6")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue from the newest checkpoint (error if none)"
+    )
+    args = parser.parse_args(argv)
+    cfg = load_config(args.recipe, args.overrides, schema=JobConfig)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    run = setup(cfg, resume=args.resume)
+    try:
+        train(run)
+    finally:
+        cleanup(run)
+    return 0

@@ -1,0 +1,186 @@
+"""Learner ranks as Ray actors (one per rank) or local processes, without torchrun.
+
+Two ways to use it:
+
+- run one function on every rank (a whole job, like S1)::
+
+      summaries = run_on_ranks(run_rank, world_size=2, cfg, False, ray_cfg=cfg.ray)
+
+- drive a :class:`~codepercept_rl.learner.Learner` per rank from a driver (the GRPO engine)::
+
+      group = LearnerGroup(LearnerConfig(...), world_size=2, ray_cfg=cfg.ray)
+      stats = group.call("train_step", per_rank_args=[(mbs0, loss_fn, n), (mbs1, loss_fn, n)])
+      weights = group.call("state_dict_for_rollout")[0]    # rank 0 holds the full weights
+      group.shutdown()
+
+Every actor gets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` (rank 0's node) and ``MASTER_PORT``
+before it builds anything, so :func:`~codepercept_rl.learner.dist.init_distributed` joins the same group as
+under torchrun. With ``ray.enabled=false`` ranks are local processes (``torch.multiprocessing`` spawn) for
+``run_on_ranks``, and a single in-process rank for ``LearnerGroup`` (a ``breakpoint()`` works there).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch.multiprocessing as mp
+
+from codepercept_rl.config.schema import RayConfig
+from codepercept_rl.learner.dist import free_port
+
+__all__ = ["RankWorker", "LearnerGroup", "run_on_ranks"]
+
+
+def _rank_env(rank: int, world_size: int, addr: str, port: int) -> dict[str, str]:
+    # LOCAL_RANK 0: Ray gives each actor its own CUDA_VISIBLE_DEVICES, so its GPU is always cuda:0.
+    return {"RANK": str(rank), "WORLD_SIZE": str(world_size), "LOCAL_RANK": "0",
+            "MASTER_ADDR": addr, "MASTER_PORT": str(port)}  # fmt: skip
+
+
+class RankWorker:
+    """One rank: sets its process-group environment, then runs functions or a ``Learner``'s methods.
+
+    A plain class: ``ray.remote(RankWorker)`` makes it an actor; in-process it is used as is.
+    """
+
+    def __init__(self, env: dict[str, str] | None = None) -> None:
+        if env:
+            os.environ.update(env)
+        self.learner: Any = None
+
+    def node_address(self) -> tuple[str, int]:
+        """This actor's node IP and a free port on it (rank 0's become MASTER_ADDR / MASTER_PORT)."""
+        import ray
+
+        ip = ray.util.get_node_ip_address()
+        return ip, free_port("0.0.0.0")
+
+    def set_env(self, env: dict[str, str]) -> None:
+        """Sets environment variables (before anything touches torch.distributed)."""
+        os.environ.update(env)
+
+    def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Runs ``fn(*args)`` on this rank and returns its result."""
+        return fn(*args)
+
+    def build_learner(self, cfg: Any) -> None:
+        """Builds this rank's ``Learner`` (joins the process group)."""
+        from codepercept_rl.learner.learner import Learner
+
+        self.learner = Learner(cfg)
+
+    def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """Calls ``Learner.<method>(*args, **kwargs)`` on this rank."""
+        if self.learner is None:
+            raise RuntimeError("build_learner first")
+        return getattr(self.learner, method)(*args, **kwargs)
+
+
+def _ray_workers(world_size: int, ray_cfg: RayConfig, num_gpus: float) -> list[Any]:
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=ray_cfg.address, num_cpus=ray_cfg.num_cpus, include_dashboard=False)
+    actor_cls = ray.remote(num_cpus=1, num_gpus=num_gpus)(RankWorker)
+    workers = [actor_cls.remote() for _ in range(world_size)]
+    addr, port = ray.get(workers[0].node_address.remote())
+    ray.get([w.set_env.remote(_rank_env(r, world_size, addr, port)) for r, w in enumerate(workers)])
+    return workers
+
+
+def _spawn_target(
+    index: int, fn: Callable[..., Any], world_size: int, port: int, args: tuple, results: Any
+) -> None:
+    os.environ.update(_rank_env(index, world_size, "127.0.0.1", port))
+    results[index] = fn(*args)
+
+
+def run_on_ranks(
+    fn: Callable[..., Any], world_size: int, *args: Any, ray_cfg: RayConfig, num_gpus_per_rank: float = 0.0
+) -> list[Any]:
+    """Runs ``fn(*args)`` on ``world_size`` fresh ranks (Ray actors, or spawned processes without Ray).
+
+    ``fn`` and ``args`` must be picklable (a module-level function). Returns each rank's result, by rank.
+
+    Raises:
+        ray.exceptions.RayTaskError: a Ray rank raised (it carries the rank's exception).
+        torch.multiprocessing.ProcessRaisedException: a spawned rank raised (it carries the traceback).
+    """
+    if ray_cfg.enabled:
+        import ray
+
+        workers = _ray_workers(world_size, ray_cfg, num_gpus_per_rank)
+        try:
+            return ray.get([w.run.remote(fn, *args) for w in workers])
+        finally:
+            for w in workers:
+                ray.kill(w)
+    with mp.get_context("spawn").Manager() as manager:
+        results = manager.dict()
+        mp.start_processes(
+            _spawn_target,
+            args=(fn, world_size, free_port(), args, results),
+            nprocs=world_size,
+            start_method="spawn",
+        )
+        return [results[r] for r in range(world_size)]
+
+
+class LearnerGroup:
+    """``world_size`` learner ranks driven from this process (Ray actors, or one in-process rank).
+
+    Args:
+        cfg: the ``LearnerConfig`` every rank builds its learner from.
+        world_size: ranks.
+        ray_cfg: ``enabled=false`` runs a single rank in this process (``world_size`` must be 1).
+        num_gpus_per_rank: GPUs each Ray actor reserves (1 on GPU clusters).
+
+    Raises:
+        ValueError: ``world_size > 1`` with Ray disabled (use torchrun or ``run_on_ranks`` then).
+    """
+
+    def __init__(self, cfg: Any, world_size: int, ray_cfg: RayConfig, num_gpus_per_rank: float = 0.0) -> None:
+        self.world_size = world_size
+        self._ray = ray_cfg.enabled
+        if not self._ray:
+            if world_size != 1:
+                raise ValueError(
+                    "ray.enabled=false runs one in-process rank; use world_size=1, Ray or torchrun"
+                )
+            self._workers: list[Any] = [RankWorker()]
+            self._workers[0].build_learner(cfg)
+            return
+        import ray
+
+        self._workers = _ray_workers(world_size, ray_cfg, num_gpus_per_rank)
+        ray.get([w.build_learner.remote(cfg) for w in self._workers])
+
+    def call(self, method: str, per_rank_args: Sequence[tuple] | None = None, **kwargs: Any) -> list[Any]:
+        """Calls a ``Learner`` method on every rank at once (they run collectives); results by rank.
+
+        Args:
+            method: the method name (``train_step``, ``forward_logprobs``, ``save_checkpoint`` ...).
+            per_rank_args: one positional-argument tuple per rank (each rank's share of a batch), or None.
+            kwargs: the same keyword arguments for every rank.
+        """
+        args = list(per_rank_args) if per_rank_args is not None else [()] * self.world_size
+        if len(args) != self.world_size:
+            raise ValueError(f"per_rank_args has {len(args)} entries for {self.world_size} ranks")
+        if not self._ray:
+            return [self._workers[0].call(method, *args[0], **kwargs)]
+        import ray
+
+        return ray.get(
+            [w.call.remote(method, *a, **kwargs) for w, a in zip(self._workers, args, strict=True)]
+        )
+
+    def shutdown(self) -> None:
+        """Stops the actors (their process groups go with them)."""
+        if self._ray:
+            import ray
+
+            for w in self._workers:
+                ray.kill(w)
+        self._workers = []

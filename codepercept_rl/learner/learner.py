@@ -1,0 +1,364 @@
+"""The learner: one FSDP2-sharded Qwen-VL policy with its optimizer, used by SFT now and GRPO later.
+
+Every rank of a group builds one ``Learner`` and calls the same methods in the same order (they run
+collectives)::
+
+    learner = Learner(LearnerConfig(model=cfg.model, optim=cfg.actor.optim, total_steps=100))
+    stats = learner.train_step(micro_batches, sft_loss, normalizer=global_target_tokens)
+    learner.save_checkpoint("runs/x/checkpoints", extra={"epoch": 0, "batch": 12})
+    learner.export_hf("runs/x/hf")            # a plain Hugging Face folder (save_pretrained + processor)
+
+Runs alone (world size 1, in-process), under ``torchrun`` (one process per rank) or as Ray actors
+(:mod:`codepercept_rl.learner.actor`). Loss convention: ``loss_fn`` returns a *sum* over this micro-batch's
+tokens; ``train_step`` divides by ``normalizer`` (a global count, the same on every rank), so the gradient
+does not depend on how the global batch was split into ranks and micro-batches.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    set_model_state_dict,
+)
+from transformers import AutoConfig, AutoModelForImageTextToText, PreTrainedModel
+from transformers.processing_utils import ProcessorMixin
+
+from codepercept_rl.config.schema import ModelConfig, OptimConfig
+from codepercept_rl.learner import checkpoint as ckpt
+from codepercept_rl.learner.batch import MicroBatch
+from codepercept_rl.learner.dist import DistInfo, init_distributed
+from codepercept_rl.learner.fsdp import (
+    apply_fsdp2,
+    freeze_vision_tower,
+    pick_attn_implementation,
+    trainable_parameter_count,
+)
+from codepercept_rl.learner.optim import build_optimizer, build_scheduler
+from codepercept_rl.models.processor import load_processor
+from codepercept_rl.models.tiny import build_tiny_model, load_model
+
+log = logging.getLogger(__name__)
+
+__all__ = ["LearnerConfig", "Learner", "LossFn", "load_policy", "sft_loss"]
+
+# loss_fn(logprobs (B, T), micro_batch) -> scalar tensor: the SUM of per-token losses of this micro-batch;
+# or (loss, {name: scalar tensor}) to also report statistics, summed over micro-batches and ranks.
+LossFn = Callable[[torch.Tensor, MicroBatch], "torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]"]
+
+
+def sft_loss(logprobs: torch.Tensor, mb: MicroBatch) -> torch.Tensor:
+    """Negative log-likelihood summed over target tokens: ``-sum(logprobs * loss_mask)``."""
+    return -(logprobs * mb.loss_mask).sum()
+
+
+@dataclass
+class LearnerConfig:
+    """What a learner needs: the model and optimizer sections, the schedule length and run-level knobs."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    total_steps: int = 1  # optimizer steps of the whole run (the LR schedule's length)
+    grad_clip: float = 1.0  # max global grad norm; <= 0 measures it without clipping
+    seed: int = 0
+    device: str = "auto"
+
+
+def load_policy(cfg: ModelConfig, seed: int = 0) -> tuple[PreTrainedModel, ProcessorMixin]:
+    """The model and processor named by ``cfg``: a saved folder (``path``) or a tiny one built offline.
+
+    Raises:
+        ValueError: neither ``model.path`` nor ``model.tiny_preset`` is set.
+    """
+    if cfg.path:
+        return load_model(cfg.path)
+    if cfg.tiny_preset:
+        return build_tiny_model(cfg.tiny_arch, preset=cfg.tiny_preset, seed=seed)
+    raise ValueError("set model.path (a Hugging Face folder) or model.tiny_preset (nano, tiny, small)")
+
+
+def _skeleton_policy(path: str) -> tuple[PreTrainedModel, ProcessorMixin]:
+    """The model of folder ``path`` with parameters on the meta device (no memory, no read), and its processor."""
+    config = AutoConfig.from_pretrained(path)
+    with torch.device("meta"):
+        model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
+    return model, load_processor(path, config.model_type)
+
+
+def _broadcast_weights_from_rank0(
+    model: torch.nn.Module, full_state: dict[str, torch.Tensor], device: torch.device
+) -> None:
+    """Fills a sharded model from rank 0's full state dict; the other ranks' parameters may be on meta.
+
+    Parameters go through ``set_model_state_dict(broadcast_from_rank0=True)`` (each rank keeps its shard);
+    buffers, which FSDP does not shard and which are not all in the state dict (rotary ``inv_freq``), are
+    broadcast one by one.
+    """
+    if dist.get_rank() != 0:
+        model.to_empty(device=device)  # meta -> allocated, uninitialised (filled below)
+    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+    set_model_state_dict(model, full_state, options=options)
+    for buffer in model.buffers():
+        dist.broadcast(buffer, src=0)
+
+
+class Learner:
+    """An FSDP2 policy with AdamW, LR schedule, checkpoints and export. See the module docstring.
+
+    Args:
+        cfg: the learner config.
+        model: an already-built fp32 model (tests, GRPO reference copies); default: :func:`load_policy`.
+        processor: its processor (saved by :meth:`export_hf`).
+        dist_info: an existing process-group description; default: :func:`init_distributed`.
+    """
+
+    def __init__(
+        self,
+        cfg: LearnerConfig,
+        model: PreTrainedModel | None = None,
+        processor: ProcessorMixin | None = None,
+        dist_info: DistInfo | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.dist = dist_info or init_distributed(cfg.device)
+        # With several ranks and a saved folder, only rank 0 reads the weights; the others build an empty
+        # (meta) skeleton and receive their shards from rank 0 once sharded: one copy in host memory, not N.
+        from_rank0 = model is None and bool(cfg.model.path) and self.dist.world_size > 1
+        if from_rank0 and not self.dist.is_main:
+            model, processor = _skeleton_policy(cfg.model.path)
+        elif model is None:
+            model, processor = load_policy(cfg.model, seed=cfg.seed)
+        self.processor = processor
+        self.attn_implementation = pick_attn_implementation(cfg.model.attn_implementation, self.dist.device)
+        model.set_attn_implementation(self.attn_implementation)
+        if cfg.model.freeze_vision_tower:
+            frozen = freeze_vision_tower(model)
+            log.info("vision tower frozen: %d parameters", frozen)
+        log.info("trainable parameters: %d", trainable_parameter_count(model))
+        if cfg.model.enable_gradient_checkpointing:
+            # Non-reentrant checkpointing composes with FSDP2's hooks; reentrant does not.
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        self._model_cls = type(model)
+        self.config = model.config
+        self.generation_config = model.generation_config
+        full_state = model.state_dict() if from_rank0 and self.dist.is_main else {}
+        if from_rank0:
+            self.model = apply_fsdp2(model, self.dist.mesh, cfg.model.dtype)
+            _broadcast_weights_from_rank0(self.model, full_state, self.dist.device)
+        else:
+            model.to(self.dist.device)
+            self.model = apply_fsdp2(model, self.dist.mesh, cfg.model.dtype)
+        self.model.train()
+        self.optimizer = build_optimizer(self.model.parameters(), cfg.optim)
+        self.scheduler = build_scheduler(self.optimizer, cfg.optim, cfg.total_steps)
+        self.step = 0  # optimizer steps done
+        self._rollout_model: PreTrainedModel | None = None
+
+    def set_total_steps(self, total_steps: int) -> None:
+        """Re-plans the LR schedule for ``total_steps`` (known once the data is read); before the first step.
+
+        Raises:
+            RuntimeError: called after optimizer steps were taken.
+        """
+        if self.step:
+            raise RuntimeError(f"set_total_steps after {self.step} steps would change the schedule mid-run")
+        for group in self.optimizer.param_groups:  # LambdaLR scaled them; start from the base lr again
+            group["lr"] = group["initial_lr"]
+        self.cfg.total_steps = total_steps
+        self.scheduler = build_scheduler(self.optimizer, self.cfg.optim, total_steps)
+
+    # ------------------------------------------------------------------------------------------------------------
+    # forward / update
+
+    def forward_logprobs(self, mb: MicroBatch) -> torch.Tensor:
+        """Log-probabilities of each token given the ones before it, shape (B, T), ``[:, 0] = 0``.
+
+        Runs with autograd when grad mode is on (inside :meth:`train_step`), without it under ``no_grad``.
+        """
+        mb = mb.to(self.dist.device)
+        logits = self.model(**mb.model_inputs(), use_cache=False).logits  # (B, T, V)
+        # fp32 log-softmax: bf16 logits lose the small probabilities GRPO ratios depend on.
+        nll = F.cross_entropy(
+            logits[:, :-1].float().flatten(0, 1), mb.input_ids[:, 1:].flatten(), reduction="none"
+        ).view(mb.input_ids.shape[0], -1)  # (B, T-1)
+        return F.pad(-nll, (1, 0))  # (B, T)
+
+    def train_step(
+        self, micro_batches: Sequence[MicroBatch], loss_fn: LossFn, normalizer: float
+    ) -> dict[str, float]:
+        """One optimizer step over this rank's micro-batches (gradient accumulation), every rank together.
+
+        Args:
+            micro_batches: this rank's share of the global batch, at least one.
+            loss_fn: per-micro-batch loss sum (see :data:`LossFn`).
+            normalizer: the global divisor (e.g. target tokens of the whole global batch, all ranks).
+
+        Returns:
+            ``loss`` (global sum / normalizer), ``grad_norm`` (before clipping), ``lr`` (used by this step),
+            ``skipped`` (1.0 when the gradient was not finite and the update was skipped), and
+            ``stats/<name>`` for each statistic ``loss_fn`` returned, summed over micro-batches and ranks.
+
+        Raises:
+            ValueError: no micro-batch, or a non-positive normalizer.
+        """
+        if not micro_batches:
+            raise ValueError("train_step needs at least one micro-batch on every rank")
+        if not normalizer > 0:
+            raise ValueError(f"normalizer must be > 0, got {normalizer}")
+        self.model.train()
+        lr = self.scheduler.get_last_lr()[0]
+        # FSDP2 averages gradients over ranks; scaling by the world size makes the reduction a sum, so the
+        # gradient is d(sum of losses / normalizer) whatever the split.
+        scale = self.dist.world_size / normalizer
+        loss_sum = torch.zeros((), dtype=torch.float64)
+        stat_sums: dict[str, torch.Tensor] = {}
+        for mb, weight in self._aligned(micro_batches):
+            mb = mb.to(self.dist.device)
+            out = loss_fn(self.forward_logprobs(mb), mb)
+            loss, stats = out if isinstance(out, tuple) else (out, {})
+            loss = loss * weight
+            (loss * scale).backward()
+            loss_sum += loss.detach().double().cpu()
+            for name, value in stats.items():
+                stat_sums[name] = stat_sums.get(name, 0.0) + value.detach().double().cpu() * weight
+        grad_norm = self._clip_grad_norm()
+        skipped = not math.isfinite(grad_norm)
+        if skipped:
+            log.warning("step %d: gradient norm is %s; update skipped", self.step, grad_norm)
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.step += 1
+        total = self._all_reduce_sum(loss_sum)
+        result = {"loss": total / normalizer, "grad_norm": grad_norm, "lr": lr, "skipped": float(skipped)}
+        for name in sorted(stat_sums):  # every rank reports the same names, in the same order
+            result[f"stats/{name}"] = self._all_reduce_sum(
+                torch.as_tensor(stat_sums[name], dtype=torch.float64)
+            )
+        return result
+
+    @torch.no_grad()
+    def forward_logprobs_batches(self, micro_batches: Sequence[MicroBatch]) -> list[torch.Tensor]:
+        """:meth:`forward_logprobs` of each micro-batch without gradient, on CPU (GRPO's old and reference
+        log-probs). Ranks may hold different numbers of micro-batches (padded for FSDP's collectives)."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            outs = [self.forward_logprobs(mb).float().cpu() for mb, _ in self._aligned(micro_batches)]
+        finally:
+            self.model.train(was_training)
+        return outs[: len(micro_batches)]
+
+    @torch.no_grad()
+    def loss_sum(self, micro_batches: Sequence[MicroBatch], loss_fn: LossFn) -> float:
+        """The global sum of ``loss_fn`` over every rank's micro-batches, no gradient (validation)."""
+        self.model.eval()
+        local = torch.zeros((), dtype=torch.float64)
+        for mb, weight in self._aligned(micro_batches):
+            mb = mb.to(self.dist.device)
+            local += (loss_fn(self.forward_logprobs(mb), mb) * weight).double().cpu()
+        self.model.train()
+        return self._all_reduce_sum(local)
+
+    def _aligned(self, micro_batches: Sequence[MicroBatch]) -> list[tuple[MicroBatch, float]]:
+        """Pads every rank to the same number of forwards (FSDP's collectives must match), with weight 0."""
+        count = torch.tensor([len(micro_batches)])
+        if self.dist.world_size > 1:
+            dist.all_reduce(count, op=dist.ReduceOp.MAX)
+        if not micro_batches and count.item() > 0:
+            raise ValueError(f"rank {self.dist.rank} has no micro-batch while others have {count.item()}")
+        pairs = [(mb, 1.0) for mb in micro_batches]
+        pairs += [(micro_batches[0], 0.0)] * (int(count.item()) - len(micro_batches))
+        return pairs
+
+    def _clip_grad_norm(self) -> float:
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else math.inf
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
+        if isinstance(norm, torch.distributed.tensor.DTensor):
+            norm = norm.full_tensor()
+        return float(norm.item())
+
+    def _all_reduce_sum(self, value: torch.Tensor) -> float:
+        if self.dist.world_size > 1:
+            # gloo reduces fp64 on CPU; NCCL wants the tensor on the device.
+            value = value.to(self.dist.device)
+            dist.all_reduce(value)
+        return float(value.item())
+
+    # ------------------------------------------------------------------------------------------------------------
+    # weights out: rollout, checkpoints, export
+
+    def state_dict_for_rollout(self) -> dict[str, torch.Tensor]:
+        """Full (unsharded) CPU weights in Hugging Face names, on rank 0; every rank must call it.
+
+        Other ranks get an empty dict (gathering to one rank keeps peak memory at one copy of the model).
+        """
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        state = get_model_state_dict(self.model, options=options)
+        if self.dist.world_size == 1:
+            # One CPU rank: the "gathered" tensors are the live parameters; copy so the caller gets a snapshot.
+            state = {k: v.detach().clone() for k, v in state.items()}
+        return state
+
+    def rollout_model(self) -> PreTrainedModel | None:
+        """A plain (unsharded, eval-mode) copy of the current policy on rank 0's device for ``generate``;
+        None on other ranks. Every rank must call it. The copy is built once and refreshed in place."""
+        state = self.state_dict_for_rollout()
+        if not self.dist.is_main:
+            return None
+        if self._rollout_model is None:
+            # On this rank's device in the compute dtype: generation on a GPU node must not fall back to CPU.
+            dtype = torch.bfloat16 if self.cfg.model.dtype == "bfloat16" else torch.float32
+            model = self._model_cls._from_config(self.config, dtype=dtype)
+            model.generation_config = self.generation_config
+            self._rollout_model = model.to(self.dist.device)
+        self._rollout_model.load_state_dict(
+            state, strict=True
+        )  # copies (and casts) into the existing tensors
+        return self._rollout_model.eval()
+
+    def save_checkpoint(
+        self, root: str | Path, extra: dict[str, Any] | None = None, keep: int | None = 2
+    ) -> Path:
+        """Atomic sharded checkpoint of model, optimizer, scheduler, RNG, ``extra`` and the step (see
+        :mod:`codepercept_rl.learner.checkpoint`). Every rank must call it."""
+        extra = {**(extra or {}), "learner_step": self.step}
+        return ckpt.save_checkpoint(root, self.step, self.model, self.optimizer, self.scheduler, extra, keep)
+
+    def load_checkpoint(self, path: str | Path) -> dict[str, Any]:
+        """Restores a checkpoint written by :meth:`save_checkpoint`; returns this rank's ``extra``."""
+        t0 = time.perf_counter()
+        step, extra = ckpt.load_checkpoint(path, self.model, self.optimizer, self.scheduler)
+        self.step = step
+        log.info("resumed from %s (step %d) in %.2fs", path, step, time.perf_counter() - t0)
+        return extra
+
+    def export_hf(self, path: str | Path) -> Path | None:
+        """Writes a plain Hugging Face folder (``save_pretrained`` + processor) that loads with
+        ``from_pretrained``. Every rank must call it; rank 0 writes. Returns the folder on rank 0."""
+        state = self.state_dict_for_rollout()
+        if not self.dist.is_main:
+            return None
+        model = self._model_cls._from_config(self.config, dtype=torch.float32)  # fp32 master weights, on CPU
+        model.load_state_dict(state, strict=True)
+        model.generation_config = self.generation_config
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(path)
+        if self.processor is not None:
+            self.processor.save_pretrained(path)
+        log.info("exported Hugging Face folder to %s", path)
+        return path

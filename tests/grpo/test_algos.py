@@ -1,0 +1,104 @@
+"""GRPO's numbers against hand-computed values (and against verl when the extra is installed)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from codepercept_rl.grpo.algos import (
+    aggregate_loss,
+    entropy_from_logits,
+    grpo_advantages,
+    kl_penalty,
+    policy_loss,
+    token_logprobs,
+)
+
+
+def test_grpo_advantages_by_hand():
+    scores = torch.tensor([1.0, 3.0, 0.0, 0.0, 2.0, float("nan")])
+    groups = [0, 0, 1, 1, 2, 2]
+    adv = grpo_advantages(scores, groups)
+    s = math.sqrt(2.0)  # unbiased std of {1, 3}
+    assert adv.tolist()[:2] == pytest.approx([-1 / (s + 1e-6), 1 / (s + 1e-6)])
+    assert adv[2:4].tolist() == [0.0, 0.0]  # zero-variance group: no signal
+    assert adv[4:].tolist() == [0.0, 0.0]  # one scored member (the NaN is "could not score") -> 0
+    dr = grpo_advantages(scores, groups, norm_by_std=False)
+    assert dr[:2].tolist() == [-1.0, 1.0]
+
+
+def test_kl_estimators_by_hand():
+    lp = torch.tensor([[-1.0, -2.0]])
+    ref = torch.tensor([[-1.5, -1.0]])
+    d = lp - ref  # [0.5, -1.0]
+    assert kl_penalty(lp, ref, "k1")[0].tolist() == pytest.approx(d[0].tolist())
+    assert kl_penalty(lp, ref, "abs")[0].tolist() == pytest.approx([0.5, 1.0])
+    assert kl_penalty(lp, ref, "mse")[0].tolist() == pytest.approx([0.125, 0.5])
+    k3 = [math.exp(-0.5) + 0.5 - 1, math.exp(1.0) - 1.0 - 1]
+    assert kl_penalty(lp, ref, "low_var_kl").tolist()[0] == pytest.approx(k3)
+    assert float(kl_penalty(lp, lp, "k3").abs().max()) == 0.0
+    with pytest.raises(ValueError, match="unknown KL estimator"):
+        kl_penalty(lp, ref, "k9")
+
+
+def test_aggregation_modes_by_hand():
+    loss = torch.tensor([[1.0, 2.0, 3.0], [4.0, 0.0, 0.0]])
+    mask = torch.tensor([[1, 1, 1], [1, 0, 0]])
+    assert float(aggregate_loss(loss, mask, "token-mean")) == pytest.approx(10 / 4)
+    assert float(aggregate_loss(loss, mask, "seq-mean-token-sum")) == pytest.approx((6 + 4) / 2)
+    assert float(aggregate_loss(loss, mask, "seq-mean-token-mean")) == pytest.approx((2 + 4) / 2)
+    assert float(aggregate_loss(loss, mask, "seq-mean-token-sum-norm")) == pytest.approx(10 / 3)
+    with pytest.raises(ValueError, match="unknown loss_agg_mode"):
+        aggregate_loss(loss, mask, "mean")
+
+
+def test_policy_loss_clipping_by_hand():
+    old = torch.zeros(1, 4)
+    # ratios e^{0.5}=1.65 (A>0: clipped at 1.28), e^{-0.5}=0.61 (A>0: unclipped), 1.65 with A<0 (unclipped, worse),
+    # e^{2}=7.39 with A<0 (dual clip caps the loss at 3 * |A|)
+    new = torch.tensor([[0.5, -0.5, 0.5, 2.0]], requires_grad=True)
+    adv = torch.tensor([[1.0, 1.0, -1.0, -1.0]])
+    mask = torch.ones(1, 4)
+    loss, stats = policy_loss(new, old, adv, mask, clip_ratio_low=0.2, clip_ratio_high=0.28, clip_ratio_c=3.0)
+    expected = [-1.28, -math.exp(-0.5), math.exp(0.5), 3.0]
+    assert float(loss) == pytest.approx(sum(expected) / 4, rel=1e-5)
+    loss.backward()
+    # Clipped tokens carry no gradient; the others d(-A rho)/d logp = -A rho.
+    assert new.grad.tolist()[0] == pytest.approx([0.0, -math.exp(-0.5) / 4, math.exp(0.5) / 4, 0.0], rel=1e-5)
+    assert float(stats["pg_clipfrac"]) == pytest.approx(0.25)
+    assert float(stats["pg_clipfrac_lower"]) == pytest.approx(0.25)
+
+
+def test_entropy_and_logprobs():
+    uniform = torch.zeros(2, 3, 8)
+    assert torch.allclose(entropy_from_logits(uniform), torch.full((2, 3), math.log(8)))
+    logits = torch.randn(2, 5, 11, generator=torch.Generator().manual_seed(0))
+    tokens = torch.randint(0, 11, (2, 5), generator=torch.Generator().manual_seed(1))
+    lp = token_logprobs(logits, tokens, temperature=0.7)
+    ref = torch.log_softmax(logits / 0.7, -1).gather(-1, tokens[..., None])[..., 0]
+    assert torch.allclose(lp, ref)
+
+
+def test_parity_with_verl():
+    core_algos = pytest.importorskip("verl.trainer.ppo.core_algos", reason="the verl extra is not installed")
+    g = torch.Generator().manual_seed(0)
+    B, T = 8, 6
+    scores = torch.randn(B, generator=g)
+    index = [0, 0, 0, 0, 1, 1, 1, 1]
+    mask = (torch.rand(B, T, generator=g) > 0.2).float()
+    token_rewards = torch.zeros(B, T)
+    token_rewards[:, -1] = scores
+    mask[:, -1] = 1.0
+    import numpy as np
+
+    v_adv, _ = core_algos.compute_grpo_outcome_advantage(token_rewards, mask, np.array(index))
+    ours = grpo_advantages(scores, index)[:, None] * mask
+    assert torch.allclose(v_adv, ours, atol=1e-5)
+    lp, old = torch.randn(B, T, generator=g) * 0.3, torch.randn(B, T, generator=g) * 0.3
+    for mode in ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean"):
+        ref = core_algos.agg_loss(lp, mask, mode)
+        assert torch.allclose(ref, aggregate_loss(lp, mask, mode), atol=1e-6)
+    for est in ("kl", "abs", "mse", "low_var_kl"):
+        assert torch.allclose(core_algos.kl_penalty(lp, old, est), kl_penalty(lp, old, est), atol=1e-6)

@@ -1,0 +1,143 @@
+"""The S1 job end to end: kill -9 and resume, learning + sandboxed generation check, refused set-ups."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from codepercept_rl.errors import UserError
+from codepercept_rl.jobs.sft import main
+from codepercept_rl.tracking import read_metrics
+
+# tests/jobs is not a package, so these small helpers are here rather than imported from tests/learner.
+
+
+def render_png(height: float) -> bytes:
+    """A small bar chart as PNG bytes (trusted test code, rendered in this process)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(1, 1), dpi=64)
+    ax.bar(["a", "b"], [1.0, height])
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def row(row_id: str, task: str, image: str, answer: str) -> dict:
+    """An S1 row with one image and one assistant reply."""
+    messages = [{"role": "user", "content": "<image>Draw this."}, {"role": "assistant", "content": answer}]
+    return {"id": row_id, "task": task, "images": [image], "messages": messages}
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    """Writes rows as JSON lines."""
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "s1_tiny_cpu.yaml"
+
+
+def s1_files(folder: Path, n_train: int = 16, n_val: int = 4) -> tuple[Path, Path]:
+    """A small S1 export with both tasks, images rendered here (trusted test code)."""
+    rows = []
+    for i in range(n_train + n_val):
+        (folder / f"{i}.png").write_bytes(render_png(1.0 + i % 5))
+        if i % 2:
+            rows.append(row(f"r{i}", "caption", f"{i}.png", f"Two bars, the second {1 + i % 5} high."))
+        else:
+            code = f"import matplotlib.pyplot as plt\nplt.bar(['a', 'b'], [1, {1 + i % 5}])\n"
+            rows.append(row(f"r{i}", "code", f"{i}.png", f"```python\n{code}```"))
+    return write_jsonl(folder / "train.jsonl", rows[:n_train]), write_jsonl(
+        folder / "val.jsonl", rows[n_train:]
+    )
+
+
+def overrides(train: Path, val: Path, run_root: Path, steps: int) -> list[str]:
+    return [
+        f"data.train_files=[{train}]", f"data.val_files=[{val}]", f"trainer.default_local_dir={run_root}",
+        "trainer.experiment_name=t", "model.tiny_preset=nano", f"trainer.total_training_steps={steps}",
+        "trainer.save_freq=2", "trainer.test_freq=-1", "data.train_batch_size=4",
+        "actor.ppo_micro_batch_size_per_device=2", "sft.gen_num_samples=0", "sft.export_hf=false",
+        "tracking.backends=[jsonl]",
+    ]  # fmt: skip
+
+
+def launch(args: list[str]) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "codepercept_rl.jobs.sft", str(RECIPE), *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+
+@pytest.mark.timeout(300)
+def test_kill_9_mid_run_then_resume_reproduces_the_uninterrupted_losses(tmp_path: Path) -> None:
+    train, val = s1_files(tmp_path)
+    steps = 12
+    full = launch(overrides(train, val, tmp_path / "full", steps))
+    victim = launch(overrides(train, val, tmp_path / "killed", steps))
+    ckpt = tmp_path / "killed" / "t" / "checkpoints" / "step_000002" / "meta.json"
+    deadline = time.monotonic() + 200
+    while not ckpt.exists() and victim.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    victim.send_signal(signal.SIGKILL)
+    assert victim.wait() == -signal.SIGKILL, victim.stderr.read()[-3000:]
+    assert full.wait(timeout=200) == 0, full.stderr.read()[-3000:]
+    logged = [r["step"] for r in read_metrics(tmp_path / "killed" / "t")]
+    assert logged and logged[-1] < steps  # it really died mid-run
+
+    resumed = launch(overrides(train, val, tmp_path / "killed", steps))  # trainer.resume_mode=auto (default)
+    _, err = resumed.communicate(timeout=200)
+    assert resumed.returncode == 0, err[-3000:]
+    assert "resumed from" in err
+    # Step 0 holds the baseline validation only; steps 1.. the training losses.
+    expected = {r["step"]: r["train/loss"] for r in read_metrics(tmp_path / "full" / "t") if r["step"] > 0}
+    got = {r["step"]: r["train/loss"] for r in read_metrics(tmp_path / "killed" / "t") if r["step"] > 0}
+    assert sorted(got) == list(range(1, steps + 1))
+    assert got == expected  # bit-exact on CPU, before and after the resume
+    final_val = [r["val/loss"] for r in read_metrics(tmp_path / "killed" / "t") if "val/loss" in r]
+    assert final_val == [r["val/loss"] for r in read_metrics(tmp_path / "full" / "t") if "val/loss" in r]
+
+
+def test_refuses_missing_data_and_resume_without_checkpoint(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="S1 file not found: .*nope.jsonl"):
+        main([str(RECIPE), f"data.train_files=[{tmp_path / 'nope.jsonl'}]"])
+    train, val = s1_files(tmp_path, n_train=4, n_val=1)
+    args = overrides(train, val, tmp_path / "runs", 2)
+    with pytest.raises(UserError, match="--resume: no complete checkpoint"):
+        main([str(RECIPE), *args, "--resume"])
+    with pytest.raises(UserError, match="train_batch_size=8 is larger than the 4 usable"):
+        main([str(RECIPE), *args, "data.train_batch_size=8"])
+    (tmp_path / "runs" / "t" / "checkpoints" / "step_000005").mkdir(parents=True)
+    (tmp_path / "runs" / "t" / "checkpoints" / "step_000005" / "meta.json").write_text("{}")
+    with pytest.raises(UserError, match="resume_mode=disable but .* holds checkpoints of an earlier run"):
+        main([str(RECIPE), *args, "trainer.resume_mode=disable"])
+
+
+@pytest.mark.timeout(300)
+def test_short_run_learns_and_its_generated_code_executes_in_the_sandbox(tmp_path: Path) -> None:
+    train, val = s1_files(tmp_path, n_train=24, n_val=4)
+    args = overrides(train, val, tmp_path / "runs", 40)
+    args += ["actor.optim.lr=5e-3", "trainer.save_freq=-1", "data.train_batch_size=8", "actor.ppo_micro_batch_size_per_device=4",
+             "sft.gen_num_samples=2", "sft.gen_max_new_tokens=48", "sft.task_ratio={code: 3, caption: 1}",
+             "sft.export_hf=true"]  # fmt: skip
+    assert main([str(RECIPE), *args]) == 0
+    records = read_metrics(tmp_path / "runs" / "t")
+    first, last = records[0], records[-1]
+    assert first["step"] == 0 and last["step"] == 40
+    assert last["val/loss"] < 0.3 * first["val/loss"]  # markedly lower
+    assert first["val/exec_rate"] == 0.0  # a random model writes no runnable code
+    assert last["val/exec_rate"] == 1.0  # ... the trained one does, run by the reward pool's sandbox
+    assert last["val/render_score"] > 0.0
+    assert (tmp_path / "runs" / "t" / "hf" / "model.safetensors").is_file()
