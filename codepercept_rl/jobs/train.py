@@ -275,14 +275,22 @@ def _split(seqs: list[int], parts: int) -> list[list[int]]:
     return [seqs[r::parts] for r in range(parts)]
 
 
-def _logprobs(group: LearnerGroup, run: GRPORun, batch: TrainBatch, order: list[int]) -> list[torch.Tensor]:
-    """Response log-probs of ``order`` under ``group``'s current weights (every rank gets a share)."""
+def _logprobs(
+    group: LearnerGroup, run: GRPORun, batch: TrainBatch, order: list[int], entropy: list[float] | None = None
+) -> list[torch.Tensor]:
+    """Response log-probs of ``order`` under ``group``'s current weights (every rank gets a share); when
+    ``entropy`` is a list, the per-token entropies of the responses are appended to it."""
     shares = _split(list(range(len(order))), run.world_size)
     mbs = [build_micro_batches(batch, [order[k] for k in share], run.encoder, run.cfg.actor.ppo_micro_batch_size_per_device)
            for share in shares]  # fmt: skip
-    outs = group.call("forward_logprobs_batches", per_rank_args=[(m,) for m in mbs])
+    want_entropy = entropy is not None
+    outs = group.call("forward_logprobs_batches", per_rank_args=[(m, want_entropy) for m in mbs])
     result: list[torch.Tensor | None] = [None] * len(order)
     for share, rank_mbs, rank_out in zip(shares, mbs, outs, strict=True):
+        if want_entropy:
+            for mb, (_, ent) in zip(rank_mbs, rank_out, strict=True):
+                entropy.extend(ent[mb.loss_mask.bool()].tolist())
+            rank_out = [lp for lp, _ in rank_out]
         flat = [lp for mb, lps in zip(rank_mbs, rank_out, strict=True) for lp in response_logprobs(lps, mb)]
         for k, lp in zip(share, flat, strict=True):
             result[k] = lp
@@ -330,7 +338,8 @@ def grpo_step(run: GRPORun) -> dict[str, float]:
 
     # 3. log-probs of the sampling policy and of the reference
     t0 = time.perf_counter()
-    old = _logprobs(run.learners, run, kept, trainable)
+    token_entropy: list[float] = []
+    old = _logprobs(run.learners, run, kept, trainable, entropy=token_entropy)
     timing["old_log_prob"] = time.perf_counter() - t0
     ref = None
     if run.reference is not None:
@@ -395,8 +404,13 @@ def grpo_step(run: GRPORun) -> dict[str, float]:
     # 6. weights to the rollout worker
     timing["update_weights"] = _sync_weights(run)
     timing["step"] = time.perf_counter() - t_step
-    return _step_metrics(run, kept, scores, rewards, adv, update_stats, grad_norms, lrs, skipped, filtered,
-                         rounds, timing, kl_in_reward)  # fmt: skip
+    metrics = _step_metrics(run, kept, scores, rewards, adv, update_stats, grad_norms, lrs, skipped, filtered,
+                            rounds, timing, kl_in_reward)  # fmt: skip
+    if token_entropy:
+        metrics["actor/entropy"] = statistics.fmean(
+            token_entropy
+        )  # of the sampling policy, per response token
+    return metrics
 
 
 def _stats(prefix: str, values: Sequence[float]) -> dict[str, float]:

@@ -186,13 +186,23 @@ class Learner:
 
         Runs with autograd when grad mode is on (inside :meth:`train_step`), without it under ``no_grad``.
         """
+        return self._forward(mb, with_entropy=False)[0]
+
+    def _forward(self, mb: MicroBatch, with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         mb = mb.to(self.dist.device)
         logits = self.model(**mb.model_inputs(), use_cache=False).logits  # (B, T, V)
         # fp32 log-softmax: bf16 logits lose the small probabilities GRPO ratios depend on.
-        nll = F.cross_entropy(
-            logits[:, :-1].float().flatten(0, 1), mb.input_ids[:, 1:].flatten(), reduction="none"
-        ).view(mb.input_ids.shape[0], -1)  # (B, T-1)
-        return F.pad(-nll, (1, 0))  # (B, T)
+        shifted = logits[:, :-1].float()  # (B, T-1, V): position t predicts token t+1
+        nll = F.cross_entropy(shifted.flatten(0, 1), mb.input_ids[:, 1:].flatten(), reduction="none").view(
+            mb.input_ids.shape[0], -1
+        )  # (B, T-1)
+        entropy = None
+        if with_entropy:
+            # H = logsumexp(z) - sum softmax(z) z, aligned like the log-probs (entropy of the distribution
+            # token t was drawn from).
+            ent = torch.logsumexp(shifted, -1) - (torch.softmax(shifted, -1) * shifted).sum(-1)
+            entropy = F.pad(ent, (1, 0))
+        return F.pad(-nll, (1, 0)), entropy  # (B, T)
 
     def train_step(
         self, micro_batches: Sequence[MicroBatch], loss_fn: LossFn, normalizer: float
@@ -250,13 +260,20 @@ class Learner:
         return result
 
     @torch.no_grad()
-    def forward_logprobs_batches(self, micro_batches: Sequence[MicroBatch]) -> list[torch.Tensor]:
+    def forward_logprobs_batches(
+        self, micro_batches: Sequence[MicroBatch], with_entropy: bool = False
+    ) -> list[torch.Tensor] | list[tuple[torch.Tensor, torch.Tensor]]:
         """:meth:`forward_logprobs` of each micro-batch without gradient, on CPU (GRPO's old and reference
-        log-probs). Ranks may hold different numbers of micro-batches (padded for FSDP's collectives)."""
+        log-probs); with ``with_entropy`` also the (B, T) entropy of each next-token distribution, as
+        ``(logprobs, entropy)`` pairs. Ranks may hold different numbers of micro-batches (padded for FSDP's
+        collectives)."""
         was_training = self.model.training
         self.model.eval()
         try:
-            outs = [self.forward_logprobs(mb).float().cpu() for mb, _ in self._aligned(micro_batches)]
+            outs = []
+            for mb, _ in self._aligned(micro_batches):
+                lp, ent = self._forward(mb, with_entropy)
+                outs.append((lp.cpu(), ent.cpu()) if with_entropy else lp.cpu())
         finally:
             self.model.train(was_training)
         return outs[: len(micro_batches)]

@@ -49,6 +49,7 @@ def _overrides(r1_files, run_root, name, *extra):
 VERL_KEYS = [
     "actor/pg_loss",
     "actor/ppo_kl",
+    "actor/entropy",
     "actor/pg_clipfrac",
     "actor/grad_norm",
     "actor/lr",
@@ -91,6 +92,7 @@ def test_grpo_in_process_steps_with_kl_and_dynamic_sampling(r1_files, tmp_path):
             and sum(v for k, v in m.items() if k.startswith("reward/status/")) == 8
         )
         assert abs(m["critic/advantages/mean"]) < 1e-5  # group-normalised
+        assert 0.0 < m["actor/entropy"] < math.log(4096)  # nats; the nano vocabulary is at most 4096
         after = run.learners.call("state_dict_for_rollout")[0]
         assert any(not torch.equal(before[k], after[k]) for k in before)  # the policy moved
         # ... and the rollout worker generates with the new weights.
