@@ -24,7 +24,8 @@ What is the same on both sides:
 - the algorithm: beta 0 (no reference model), one PPO epoch / ``num_iterations=1``, clip 0.2 both ways,
   token-mean loss (TRL ``loss_type="dapo"``), group-std-normalised advantages (``scale_rewards="group"``),
   one optimizer step per GRPO step (AdamW foreach, lr ``--lr`` constant, weight decay 0, grad clip 1.0);
-- torch uses 1 thread; warm-up steps are excluded; each engine runs ``--repeats`` fresh runs, interleaved
+- torch uses 1 thread; warm-up steps are excluded; each engine runs ``--repeats`` fresh runs, each in its own
+  Python process (no engine inherits the other's process group, sandboxes or allocator state), interleaved
   (ours, TRL, ours, TRL, ...) so that load from other work on the machine hits both alike.
 
 What is not the same (and is part of what is measured):
@@ -45,8 +46,11 @@ Setup (model build, parquet, ``setup``/``GRPOTrainer`` construction, Ray start) 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
+import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -76,10 +80,21 @@ class EngineResult:
     lengths: list[float] = field(default_factory=list)  # mean completion length of each timed step
     statuses: Counter = field(default_factory=Counter)  # reward statuses of timed steps (ours)
 
+    own_step_s: list[float] = field(default_factory=list)  # TRL's own ``step_time`` log (no optimizer step)
+
     @property
     def median_s(self) -> float:
         """Median seconds/step over all timed steps of all repeats."""
         return statistics.median(s for rep in self.step_s for s in rep)
+
+    def add(self, other: dict[str, Any]) -> None:
+        """Merges one repeat, as written by a worker process (``dataclasses.asdict`` of an EngineResult)."""
+        self.step_s.extend(other["step_s"])
+        for phase, values in other["phases"].items():
+            self.phases.setdefault(phase, []).extend(values)
+        self.lengths.extend(other["lengths"])
+        self.statuses.update(other["statuses"])
+        self.own_step_s.extend(other["own_step_s"])
 
 
 # ------------------------------------------------------------------------------------------------ assets
@@ -100,7 +115,9 @@ def build_assets(root: Path, args: argparse.Namespace) -> tuple[Path, Path]:
             program = generate("shapes", index)
             render = sandbox.run(program.code)
             if render.status != "ok":
-                raise RuntimeError(f"shapes seed {index}: target render failed ({render.status}): {render.error}")
+                raise RuntimeError(
+                    f"shapes seed {index}: target render failed ({render.status}): {render.error}"
+                )
             rows.append(
                 {
                     "data_source": "codepercept/shapes",
@@ -108,7 +125,11 @@ def build_assets(root: Path, args: argparse.Namespace) -> tuple[Path, Path]:
                     "images": [{"bytes": render.png}],
                     "ability": "perception",
                     "reward_model": {"style": "rule", "ground_truth": program.code},
-                    "extra_info": {"index": index, "item_id": f"shapes-{index}", "target_id": f"shapes-{index}"},
+                    "extra_info": {
+                        "index": index,
+                        "item_id": f"shapes-{index}",
+                        "target_id": f"shapes-{index}",
+                    },
                 }
             )
     parquet = root / "train.parquet"
@@ -189,7 +210,9 @@ def run_ours(args: argparse.Namespace, root: Path, model_dir: Path, parquet: Pat
 
 
 # ------------------------------------------------------------------------------------------------ TRL
-def run_trl(args: argparse.Namespace, root: Path, model_dir: Path, parquet: Path, result: EngineResult) -> None:
+def run_trl(
+    args: argparse.Namespace, root: Path, model_dir: Path, parquet: Path, result: EngineResult
+) -> None:
     """One fresh GRPOTrainer run with the same model, rows, sampling, reward and optimizer settings."""
     import datasets
     import pyarrow.parquet as pq
@@ -247,10 +270,13 @@ def run_trl(args: argparse.Namespace, root: Path, model_dir: Path, parquet: Path
     result.step_s.append(steps[args.warmup :])
     logs = [entry for entry in trainer.state.log_history if "completions/mean_length" in entry]
     result.lengths.extend(entry["completions/mean_length"] for entry in logs[args.warmup :])
+    result.own_step_s.extend(entry["step_time"] for entry in logs[args.warmup :])
 
 
 # ------------------------------------------------------------------------------------------------ report
-def report(args: argparse.Namespace, results: list[EngineResult], ours: EngineResult, trl: EngineResult) -> None:
+def report(
+    args: argparse.Namespace, results: list[EngineResult], ours: EngineResult, trl: EngineResult
+) -> None:
     """Prints the settings, per-phase timings of ours, the table of sec/step and the ratio (last line)."""
     print()
     print(f"model: tiny Qwen2.5-VL preset={args.preset} (fp32, random weights, seed {args.seed}); "
@@ -266,6 +292,9 @@ def report(args: argparse.Namespace, results: list[EngineResult], ours: EngineRe
             cells = "  ".join(f"{p}={statistics.median(v):.3f}" for p, v in res.phases.items())
             print(f"{res.name} median timing_s/*: {cells}")
             print(f"{res.name} reward statuses (timed steps): {dict(res.statuses)}")
+        if res.own_step_s:
+            print(f"{res.name} own step_time log (training_step only, no optimizer step), median: "
+                  f"{statistics.median(res.own_step_s):.3f} s")  # fmt: skip
     print()
     header = f"{'engine':<14} {'sec/step (median)':>18} {'per repeat':>24} {'mean len':>9}  settings"
     print(header)
@@ -278,8 +307,43 @@ def report(args: argparse.Namespace, results: list[EngineResult], ours: EngineRe
     print(f"grpo_step_ratio_vs_trl={ours.median_s / trl.median_s:.3f}")
 
 
+def run_worker(args: argparse.Namespace) -> None:
+    """Worker mode: one repeat of one engine in this fresh process; the result goes to ``--out`` as JSON."""
+    torch.set_num_threads(1)
+    root = Path(args.root)
+    result = EngineResult(args.worker, "")
+    if args.worker == "trl":
+        run_trl(args, root, root / "model", root / "train.parquet", result)
+    else:
+        run_ours(args, root, root / "model", root / "train.parquet", args.worker == "ours-ray", result)
+    # Counter is turned into a plain dict by hand: dataclasses.asdict would rebuild it from (key, value) pairs.
+    Path(args.out).write_text(json.dumps({**dataclasses.asdict(result), "statuses": dict(result.statuses)}))
+
+
+def spawn(engine: str, argv: list[str], root: Path, rep: int) -> dict[str, Any]:
+    """Runs one repeat of ``engine`` in a fresh interpreter, so that no engine inherits the other's state
+    (process groups, sandboxes, allocator, Ray); returns its result dict.
+
+    Raises:
+        RuntimeError: the worker failed; its log tail is in the message.
+    """
+    out, log_file = root / f"{engine}-{rep}.json", root / f"{engine}-{rep}.log"
+    cmd = [sys.executable, str(Path(__file__).resolve()), *argv, "--worker", engine, "--root", str(root),
+           "--out", str(out)]  # fmt: skip
+    print(f"repeat {rep + 1}: {engine} ...", end=" ", flush=True)
+    t0 = time.perf_counter()
+    with log_file.open("w") as log:
+        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=False)
+    if proc.returncode != 0:
+        tail = log_file.read_text()[-4000:]
+        raise RuntimeError(f"{engine} worker (repeat {rep + 1}) exited with {proc.returncode}:\n{tail}")
+    print(f"done in {time.perf_counter() - t0:.0f} s", flush=True)
+    return json.loads(out.read_text())
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python benchmarks/grpo_vs_trl.py [--preset tiny] [--steps 4] ...``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="tiny", choices=("nano", "tiny", "small"))
     parser.add_argument("--steps", type=int, default=4, help="timed GRPO steps per repeat")
@@ -292,32 +356,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reward-workers", type=int, default=2)
     parser.add_argument("--lr", type=float, default=1e-5)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--ray", action="store_true", help="also time ours with Ray actors (not in the ratio)")
+    parser.add_argument(
+        "--ray", action="store_true", help="also time ours with Ray actors (not in the ratio)"
+    )
+    # internal: one repeat of one engine in a child process (see spawn)
+    parser.add_argument("--worker", choices=("ours", "ours-ray", "trl"), help=argparse.SUPPRESS)
+    parser.add_argument("--root", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.steps < 1 or args.repeats < 1 or args.warmup < 0:
         parser.error("--steps and --repeats must be >= 1, --warmup >= 0")
+    if args.worker:
+        run_worker(args)
+        return 0
 
-    torch.set_num_threads(1)
     shared = "same model/rows/G/tokens/sampling/reward/optimizer"
     ours = EngineResult("ours (local)", f"{shared}; ray.enabled=false")
     trl = EngineResult("TRL", f"{shared}; GRPOTrainer use_vllm=False, optim=adamw_torch")
     ours_ray = EngineResult("ours (Ray)", f"{shared}; ray.enabled=true, ray.num_cpus=2")
+    engines = [("ours", ours), ("trl", trl), *([("ours-ray", ours_ray)] if args.ray else [])]
     with tempfile.TemporaryDirectory(prefix="grpo_vs_trl_") as tmp:
         root = Path(tmp)
-        model_dir, parquet = build_assets(root, args)
+        build_assets(root, args)
         for rep in range(args.repeats):
-            print(f"repeat {rep + 1}/{args.repeats}: ours (local)", flush=True)
-            run_ours(args, root, model_dir, parquet, False, ours)
-            print(f"repeat {rep + 1}/{args.repeats}: TRL", flush=True)
-            run_trl(args, root, model_dir, parquet, trl)
-            if args.ray:
-                print(f"repeat {rep + 1}/{args.repeats}: ours (Ray)", flush=True)
-                run_ours(args, root, model_dir, parquet, True, ours_ray)
-        if args.ray:
-            import ray
-
-            ray.shutdown()
-    report(args, [ours, trl, *([ours_ray] if args.ray else [])], ours, trl)
+            for engine, result in engines:
+                result.add(spawn(engine, argv, root, rep))
+    report(args, [result for _, result in engines], ours, trl)
     return 0
 
 

@@ -39,7 +39,7 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 import traceback  # noqa: E402
 from collections import OrderedDict  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
 
 WARM_MODULES = (
     "numpy", "scipy", "scipy.special", "scipy.stats", "scipy.interpolate", "scipy.integrate", "scipy.spatial",
@@ -109,6 +109,8 @@ class Isolation:
     socket_deny: bool
     nproc: int
     tmp_size_mb: int
+    # Handles on directories Python needs that a mask would hide, bound back after every (re)mount.
+    kept: list[tuple[int, str]] = field(default_factory=list)
 
 
 def _libc() -> ctypes.CDLL:
@@ -146,10 +148,12 @@ def _lock_uid(worker_index: int) -> tuple[int, int]:
 
 
 def _kept_paths() -> list[str]:
-    """Directories under /root or /home that Python needs (the interpreter, stdlib, venv): bind them back."""
+    """Directories under a masked dir (/root, /home, /tmp ...) that Python needs (the interpreter, stdlib, venv,
+    this package: a checkout may well live in /tmp): they are bound back after masking."""
     candidates = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix, *sys.path) if p}
     candidates.add(os.path.dirname(os.path.realpath(sys.executable)))
-    hidden = [p for p in candidates if os.path.isdir(p) and any(p.startswith(d + "/") for d in _HIDDEN_DIRS)]
+    masked = (*_HIDDEN_DIRS, *_TMP_DIRS)
+    hidden = [p for p in candidates if os.path.isdir(p) and any(p.startswith(d + "/") for d in masked)]
     hidden.sort(key=len)
     kept: list[str] = []
     for p in hidden:
@@ -158,37 +162,43 @@ def _kept_paths() -> list[str]:
     return kept
 
 
+def _open_kept() -> list[tuple[int, str]]:
+    """O_PATH handles on :func:`_kept_paths`, taken before masking (afterwards the paths no longer resolve)."""
+    return [(os.open(p, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC), p) for p in _kept_paths()]
+
+
+def _restore_kept(kept: list[tuple[int, str]], under: tuple[str, ...]) -> None:
+    """Bind the kept directories below ``under`` back in place, read-only, from their handles."""
+    for fd, path in kept:
+        if any(path.startswith(d + "/") for d in under):
+            os.makedirs(path, mode=0o755, exist_ok=True)
+            _mount(f"/proc/self/fd/{fd}", path, None, _MS_BIND | _MS_REC)
+            _mount(None, path, None, _MS_BIND | _MS_REMOUNT | _MS_RDONLY | _MS_NOSUID | _MS_NODEV)
+
+
 class _NoNamespaces(OSError):
     """unshare() itself was refused (e.g. a container's seccomp profile): nothing was changed yet."""
 
 
-def _isolate_root(cfg: dict, uid: int) -> None:
+def _isolate_root(cfg: dict, uid: int) -> list[tuple[int, str]]:
     libc = _libc()
     if libc.unshare(_CLONE_NEWNS | _CLONE_NEWNET) != 0:
         err = ctypes.get_errno()
         raise _NoNamespaces(err, f"unshare(CLONE_NEWNS | CLONE_NEWNET): {os.strerror(err)}")
     _mount(None, "/", None, _MS_REC | _MS_PRIVATE)  # why: our mounts must never propagate to the host
+    # The Python installation and this checkout may live under a dir about to be masked (/root/.pyenv, a CI
+    # clone in /tmp): hold handles on them, mask, then bind them back read-only.
+    kept = _open_kept()
     tmp_mb = _tmp_size_mb(cfg)
     for d in _TMP_DIRS:
         if os.path.isdir(d):
             _mount_tmpfs(d, tmp_mb, "1777")
-    # Stage the Python installation (it may live under /root) before hiding /root, then move it back in place.
-    kept = _kept_paths()
-    staged = []
-    for i, path in enumerate(kept):
-        stage = f"/tmp/.zygote-keep-{i}"
-        os.mkdir(stage, 0o700)
-        _mount(path, stage, None, _MS_BIND | _MS_REC)
-        staged.append((stage, path))
     for d in _HIDDEN_DIRS:
         if os.path.isdir(d):
             _mount_tmpfs(d, 1, "755")
-    for stage, path in staged:
-        os.makedirs(path, mode=0o755, exist_ok=True)
-        _mount(stage, path, None, _MS_MOVE)
-        _mount(None, path, None, _MS_BIND | _MS_REMOUNT | _MS_RDONLY | _MS_NOSUID | _MS_NODEV)
-        os.rmdir(stage)
+    _restore_kept(kept, (*_TMP_DIRS, *_HIDDEN_DIRS))
     _fake_etc(uid)
+    return kept
 
 
 def _fake_etc(uid: int) -> None:
@@ -210,7 +220,7 @@ def _fake_etc(uid: int) -> None:
         os.unlink(src)  # the bind mount keeps the inode alive
 
 
-def _isolate_userns(cfg: dict) -> None:
+def _isolate_userns(cfg: dict) -> list[tuple[int, str]]:
     """Unprivileged: a user namespace mapping our uid to root inside, plus net and mount namespaces."""
     uid, gid = os.getuid(), os.getgid()
     _check(_libc().unshare(_CLONE_NEWUSER | _CLONE_NEWNS | _CLONE_NEWNET), "unshare(CLONE_NEWUSER | ...)")
@@ -221,9 +231,12 @@ def _isolate_userns(cfg: dict) -> None:
     with open("/proc/self/gid_map", "w") as f:
         f.write(f"0 {gid} 1")
     _mount(None, "/", None, _MS_REC | _MS_PRIVATE)
+    kept = [(fd, p) for fd, p in _open_kept() if any(p.startswith(d + "/") for d in _TMP_DIRS)]
     for d in _TMP_DIRS:
         if os.path.isdir(d):
             _mount_tmpfs(d, _tmp_size_mb(cfg), "1777")
+    _restore_kept(kept, _TMP_DIRS)
+    return kept
 
 
 def _tmp_size_mb(cfg: dict) -> int:
@@ -244,9 +257,9 @@ def _isolate(cfg: dict, worker_index: int) -> Isolation:
     if mode != "none" and os.geteuid() == 0:
         uid, _lock_fd = _lock_uid(worker_index)  # the fd stays open (and locked) for the zygote's life
         try:
-            _isolate_root(cfg, uid)
+            kept = _isolate_root(cfg, uid)
             return Isolation(
-                "netns+mountns+setuid+rlimits", uid, uid, True, False, int(cfg["max_procs"]), tmp_mb
+                "netns+mountns+setuid+rlimits", uid, uid, True, False, int(cfg["max_procs"]), tmp_mb, kept
             )
         except _NoNamespaces as e:
             if mode == "strict":
@@ -259,8 +272,8 @@ def _isolate(cfg: dict, worker_index: int) -> Isolation:
     nproc = int(cfg["max_procs"]) + _count_own_processes() + 8
     if mode != "none":
         try:
-            _isolate_userns(cfg)
-            return Isolation("userns+netns+mountns+rlimits", None, None, True, False, nproc, tmp_mb)
+            kept = _isolate_userns(cfg)
+            return Isolation("userns+netns+mountns+rlimits", None, None, True, False, nproc, tmp_mb, kept)
         except OSError as e:
             if mode == "strict":
                 raise RuntimeError(f"isolation='strict' but no network namespace is available: {e}") from e
@@ -505,6 +518,7 @@ class Zygote:
                 if os.path.isdir(d) and (d == "/tmp" or os.listdir(d)):
                     _check(_libc().umount2(d.encode(), _MNT_DETACH), f"umount2({d!r})")
                     _mount_tmpfs(d, self.iso.tmp_size_mb, "1777")
+                    _restore_kept(self.iso.kept, (d,))
         else:
             if os.path.lexists(tmpdir):
                 if os.path.islink(tmpdir):

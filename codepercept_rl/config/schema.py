@@ -52,6 +52,7 @@ class TrainerConfig:
     n_gpus_per_node: int = 1
     val_before_train: bool = True
     log_val_generations: int = 2  # samples (target image | rendered rollout) logged as a table per validation
+    log_train_generations: int = 1  # samples (target image | rendered rollout) logged as a table every step
     # Added for the learner (S1 issue): complete checkpoints kept under <run_dir>/checkpoints (<= 0: all).
     max_actor_ckpt_to_keep: int = 2
 

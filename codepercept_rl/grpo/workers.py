@@ -42,11 +42,13 @@ class Actor:
     ) -> None:
         self._ray = ray_enabled
         self.name = cls.__name__
+        self.restarts = 0
         if ray_enabled:
             import ray
 
-            remote_cls = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus)(cls)
-            self._handle = remote_cls.remote(*args, **kwargs)
+            self._remote_cls = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus)(cls)
+            self._args, self._kwargs = args, kwargs
+            self._handle = self._remote_cls.remote(*args, **kwargs)
         else:
             self._obj = cls(*args, **kwargs)
             # One thread: calls run in order, like a Ray actor's mailbox, but off the driver's thread.
@@ -61,6 +63,20 @@ class Actor:
     def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         """Call ``method`` and wait for its result."""
         return self.submit(method, *args, **kwargs).result()
+
+    def restart(self) -> None:
+        """Replace a Ray actor that died (its process was killed, its node went away) with a fresh one.
+
+        Raises:
+            RuntimeError: in-process workers cannot die on their own; there is nothing to restart.
+        """
+        if not self._ray:
+            raise RuntimeError(f"{self.name} runs in-process; it cannot be restarted")
+        import ray
+
+        ray.kill(self._handle, no_restart=True)
+        self._handle = self._remote_cls.remote(*self._args, **self._kwargs)
+        self.restarts += 1
 
     def shutdown(self) -> None:
         """Close the worker (its ``close`` method when it has one) and free the actor."""

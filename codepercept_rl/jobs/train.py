@@ -253,13 +253,33 @@ def generate_and_score(
                 samples.append(data[i].reward_sample(comp.text))
         score_futures.append((len(rollouts) - len(samples), run.reward.submit("score", samples)))
     gen_s = time.perf_counter() - t0
-    for start, fut in score_futures:
-        out = fut.result()
+    bounds = [start for start, _ in score_futures] + [len(rollouts)]
+    for c, (start, fut) in enumerate(score_futures):
+        chunk = range(start, bounds[c + 1])
+        out = _reward_result(
+            run, fut, [data[rollouts[k].item_index].reward_sample(rollouts[k].text) for k in chunk]
+        )
         for k, score in enumerate(out.scores):
             r = rollouts[start + k]
             r.score, r.status = score, out.statuses[k]
             r.components = {name: vals[k] for name, vals in out.components.items()}
     return TrainBatch(prompts, rollouts), gen_s, time.perf_counter() - t0 - gen_s
+
+
+def _reward_result(run: GRPORun, fut: Any, samples: list) -> Any:
+    """A chunk's reward output; a reward actor that died mid-batch is replaced and the chunk scored again
+    (once): the step goes on, and ``reward/worker_restarts`` counts it."""
+    try:
+        return fut.result()
+    except Exception as e:  # noqa: BLE001 - Ray raises RayActorError / ActorDiedError subclasses here
+        if not run.cfg.ray.enabled or "Actor" not in type(e).__name__:
+            raise
+        log.warning("reward worker died (%s); restarting it and scoring the chunk again", type(e).__name__)
+        run.reward.restart()
+        targets = {**run.train_data.targets(), **(run.val_data.targets() if run.val_data else {})}
+        run.reward.call("register_targets", targets)
+        run.counters["reward_worker_restarts"] += 1
+        return run.reward.call("score", samples)
 
 
 def _cut_at_vision_tokens(ids: list[int], vision_ids: frozenset[int]) -> list[int]:
@@ -404,6 +424,8 @@ def grpo_step(run: GRPORun) -> dict[str, float]:
     # 6. weights to the rollout worker
     timing["update_weights"] = _sync_weights(run)
     timing["step"] = time.perf_counter() - t_step
+    _log_generations(run, "train/generations", kept.rollouts[: cfg.trainer.log_train_generations], run.train_data,
+                     step + 1)  # fmt: skip
     metrics = _step_metrics(run, kept, scores, rewards, adv, update_stats, grad_norms, lrs, skipped, filtered,
                             rounds, timing, kl_in_reward)  # fmt: skip
     if token_entropy:
@@ -447,6 +469,7 @@ def _step_metrics(run, kept, scores, rewards, adv, update_stats, grad_norms, lrs
             m[f"reward/{name}/mean"] = statistics.fmean(vals)
     for status, count in Counter(r.status for r in kept.rollouts).items():
         m[f"reward/status/{status}"] = float(count)
+    m["reward/worker_restarts"] = float(run.counters["reward_worker_restarts"])
     m["batch/num_prompts"] = float(len(kept.prompts))
     m["batch/filtered_groups"] = float(filtered)
     m["batch/num_gen_batches"] = float(rounds)
@@ -478,16 +501,20 @@ def validate(run: GRPORun) -> dict[str, float]:
         vals = [float(v) for r in batch.rollouts if (v := r.components.get(name)) is not None]
         if vals:
             m[f"val/{name}/mean"] = statistics.fmean(vals)
-    rows = []
-    for r in batch.rollouts[: run.cfg.trainer.log_val_generations]:
-        item = run.val_data[r.item_index]
-        render = run.reward.call("render", r.text) if r.status == "ok" else None
-        rows.append([item.item_id, item.target_png, render, r.score, r.text[-2000:]])
-    if rows:
-        run.tracker.log_table(
-            "val/generations", ["item", "target", "render", "score", "completion"], rows, run.step
-        )
+    _log_generations(run, "val/generations", batch.rollouts[: run.cfg.trainer.log_val_generations], run.val_data,
+                     run.step)  # fmt: skip
     return m
+
+
+def _log_generations(run: GRPORun, name: str, rollouts: list[Rollout], data: R1Dataset, step: int) -> None:
+    """A table of samples: the target image next to the rollout's render (drawn in the sandbox), score, text."""
+    rows = []
+    for r in rollouts:
+        item = data[r.item_index]
+        render = run.reward.call("render", r.text) if r.status == "ok" else None
+        rows.append([item.item_id, item.target_png, render, r.score, r.status, r.text[-2000:]])
+    if rows:
+        run.tracker.log_table(name, ["item", "target", "render", "score", "status", "completion"], rows, step)
 
 
 def train(run: GRPORun) -> None:

@@ -12,8 +12,10 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -304,3 +306,29 @@ def test_root_without_namespaces_falls_back_to_setuid() -> None:
 def test_memory_limit_below_the_zygote_is_refused() -> None:
     with pytest.raises(RuntimeError, match="memory_mb=64"):
         Sandbox(SandboxConfig(memory_mb=64), worker_index=12).start()
+
+
+def test_python_paths_under_masked_tmp_stay_importable(tmp_path, monkeypatch):
+    """A checkout or virtualenv under /tmp (as a CI clone may be) must stay importable, read-only, across the
+    fresh /tmp every sample gets."""
+    if os.geteuid() != 0:
+        pytest.skip("the masks exist in root mode")
+    pkg = Path(tempfile.mkdtemp(prefix="kept-path-", dir="/tmp"))
+    pkg.chmod(0o755)  # like a checkout: readable by the sandbox uid
+    try:
+        (pkg / "cp_kept_probe.py").write_text("def value():\n    return 42\n")
+        monkeypatch.setenv("PYTHONPATH", str(pkg))
+        code = (
+            "import cp_kept_probe\nimport matplotlib.pyplot as plt\n"
+            "plt.title(str(cp_kept_probe.value()))\nplt.plot([1, 2])\n"
+        )
+        with Sandbox(SandboxConfig(timeout_s=20)) as sb:
+            for _ in range(2):  # the second sample runs after /tmp was replaced
+                res = sb.run(code)
+                assert res.status == "ok", res.error
+                assert "42" in res.trace["texts"]
+            res = sb.run(f"open({str(pkg / 'x.txt')!r}, 'w').write('x')")
+            assert res.status == "exec_error" and "Read-only" in (res.error or "") + res.stderr
+        assert not (pkg / "x.txt").exists()
+    finally:
+        shutil.rmtree(pkg, ignore_errors=True)
