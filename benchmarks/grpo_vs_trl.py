@@ -2,8 +2,8 @@
 
 Run (a few minutes on 2 cores; an otherwise idle machine gives clean figures)::
 
-    python benchmarks/grpo_vs_trl.py                          # tiny preset, 2 prompts x G=4, 64 new tokens
-    python benchmarks/grpo_vs_trl.py --preset small --steps 5 --repeats 2 --ray
+    python benchmarks/grpo_vs_trl.py                          # small preset, 2 prompts x G=4, 64 new tokens
+    python benchmarks/grpo_vs_trl.py --preset tiny --steps 5 --repeats 3 --ray  # also ours with Ray actors
 
 The last line is ``grpo_step_ratio_vs_trl=<ours/TRL>``: the median seconds per GRPO step of our engine run
 in-process (``ray.enabled=false``) divided by TRL's median. Below 1 means ours is faster.
@@ -36,11 +36,15 @@ What is not the same (and is part of what is measured):
 - ours keeps a separate rollout model and copies weights into it after each update (``update_weights``);
   TRL generates with the trained model itself;
 - seconds/step of ours is the wall time of ``grpo_step`` plus logging its metrics; of TRL the time between
-  consecutive ``on_step_end`` callbacks (its dataloader, ``training_step`` and logging);
+  consecutive ``on_step_end`` callbacks (its dataloader, ``training_step``, optimizer step and logging).
+  Per-phase figures: ours from its ``timing_s/*`` metrics; TRL's from a stopwatch around its own methods
+  (``trl_phases``), which only times them; TRL's own ``step_time`` log is printed too (it leaves out the
+  optimizer step);
 - sampled completions differ (different RNG use), so response lengths may differ: the mean lengths are
   printed next to the timings.
 
-Setup (model build, parquet, ``setup``/``GRPOTrainer`` construction, Ray start) is never timed.
+Setup (model build, parquet, ``setup``/``GRPOTrainer`` construction, Ray start) is never timed. Not compared:
+learning (random weights, a handful of steps), memory, multi-rank or GPU runs, vLLM rollouts.
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,10 +81,9 @@ class EngineResult:
     name: str
     settings: str
     step_s: list[list[float]] = field(default_factory=list)  # one list of timed steps per repeat
-    phases: dict[str, list[float]] = field(default_factory=dict)  # timing_s/<phase> of timed steps (ours)
+    phases: dict[str, list[float]] = field(default_factory=dict)  # ours: timing_s/*; TRL: trl_phases
     lengths: list[float] = field(default_factory=list)  # mean completion length of each timed step
     statuses: Counter = field(default_factory=Counter)  # reward statuses of timed steps (ours)
-
     own_step_s: list[float] = field(default_factory=list)  # TRL's own ``step_time`` log (no optimizer step)
 
     @property
@@ -235,16 +239,22 @@ def run_trl(
     reward_fn = TRLReward(get_reward("render_similarity"), backend)
 
     class StepClock(TrainerCallback):
-        """Wall time between consecutive optimizer-step ends (the first from the start of training)."""
+        """Wall time between consecutive optimizer-step ends (the first from the start of training), and the
+        seconds spent in the trainer methods wrapped by :func:`time_methods` during each step."""
 
         def __init__(self) -> None:
             self.marks: list[float] = []
+            self.spent: Counter = Counter()  # method name -> seconds, since the last step end
+            self.per_step: list[dict[str, float]] = []
 
         def on_train_begin(self, *_: Any, **__: Any) -> None:
-            self.marks = [time.perf_counter()]
+            self.marks, self.per_step = [time.perf_counter()], []
+            self.spent.clear()
 
         def on_step_end(self, *_: Any, **__: Any) -> None:
             self.marks.append(time.perf_counter())
+            self.per_step.append(dict(self.spent))
+            self.spent.clear()
 
     clock = StepClock()
     config = GRPOConfig(
@@ -260,6 +270,7 @@ def run_trl(
     try:
         trainer = GRPOTrainer(model=model, reward_funcs=[reward_fn], args=config, train_dataset=train,
                               processing_class=processor, callbacks=[clock])  # fmt: skip
+        time_methods(trainer, TRL_TIMED, clock.spent)
         torch.set_num_threads(1)
         trainer.train()
     finally:
@@ -268,9 +279,54 @@ def run_trl(
     if len(steps) != args.warmup + args.steps:
         raise RuntimeError(f"TRL ran {len(steps)} steps, expected {args.warmup + args.steps}")
     result.step_s.append(steps[args.warmup :])
+    for total, spent in list(zip(steps, clock.per_step, strict=True))[args.warmup :]:
+        for phase, seconds in trl_phases(total, spent).items():
+            result.phases.setdefault(phase, []).append(seconds)
     logs = [entry for entry in trainer.state.log_history if "completions/mean_length" in entry]
     result.lengths.extend(entry["completions/mean_length"] for entry in logs[args.warmup :])
     result.own_step_s.extend(entry["step_time"] for entry in logs[args.warmup :])
+
+
+TRL_TIMED = (
+    "_generate",
+    "_calculate_rewards",
+    "_generate_and_score_completions",
+    "compute_loss",
+    "training_step",
+)
+
+
+def time_methods(obj: Any, names: Sequence[str], spent: Counter) -> None:
+    """Wraps the bound methods ``names`` of ``obj`` so that the seconds spent in each add up in ``spent``.
+
+    Only a stopwatch around TRL's own code: the calls, arguments and results are unchanged.
+    """
+    for name in names:
+        method = getattr(obj, name)
+
+        def timed(*a: Any, _method: Any = method, _name: str = name, **kw: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return _method(*a, **kw)
+            finally:
+                spent[_name] += time.perf_counter() - t0
+
+        setattr(obj, name, timed)
+
+
+def trl_phases(step_s: float, spent: Mapping[str, float]) -> dict[str, float]:
+    """TRL's step cut into phases comparable with ours, from the wrapped methods' seconds.
+
+    ``gen`` = ``_generate``; ``reward`` = ``_calculate_rewards``; ``prep_other`` = the rest of
+    ``_generate_and_score_completions`` (tokenising, advantages); ``loss_fwd`` = ``compute_loss``;
+    ``backward`` = ``training_step`` minus the two before it; ``optim_other`` = the rest of the step
+    (optimizer and scheduler step, grad clipping, logging, dataloader).
+    """
+    gen, reward = spent.get("_generate", 0.0), spent.get("_calculate_rewards", 0.0)
+    prepare, loss = spent.get("_generate_and_score_completions", 0.0), spent.get("compute_loss", 0.0)
+    train = spent.get("training_step", 0.0)
+    return {"gen": gen, "reward": reward, "prep_other": prepare - gen - reward, "loss_fwd": loss,
+            "backward": train - prepare - loss, "optim_other": step_s - train}  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------ report
@@ -290,7 +346,9 @@ def report(
     for res in results:
         if res.phases:
             cells = "  ".join(f"{p}={statistics.median(v):.3f}" for p, v in res.phases.items())
-            print(f"{res.name} median timing_s/*: {cells}")
+            label = "phases (wrapped-method stopwatch)" if res.own_step_s else "timing_s/*"
+            print(f"{res.name} median {label}: {cells}")
+        if res.statuses:
             print(f"{res.name} reward statuses (timed steps): {dict(res.statuses)}")
         if res.own_step_s:
             print(f"{res.name} own step_time log (training_step only, no optimizer step), median: "
@@ -345,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
     """``python benchmarks/grpo_vs_trl.py [--preset tiny] [--steps 4] ...``."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="tiny", choices=("nano", "tiny", "small"))
+    parser.add_argument("--preset", default="small", choices=("nano", "tiny", "small"))
     parser.add_argument("--steps", type=int, default=4, help="timed GRPO steps per repeat")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first, per repeat")
     parser.add_argument("--repeats", type=int, default=2, help="fresh runs per engine, interleaved")

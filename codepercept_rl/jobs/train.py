@@ -251,14 +251,15 @@ def generate_and_score(
                 ids = _cut_at_vision_tokens(comp.token_ids, run.vision_ids)
                 rollouts.append(Rollout(p_index, i, ids, comp.text, comp.finish_reason))
                 samples.append(data[i].reward_sample(comp.text))
-        score_futures.append((len(rollouts) - len(samples), run.reward.submit("score", samples)))
-    gen_s = time.perf_counter() - t0
-    bounds = [start for start, _ in score_futures] + [len(rollouts)]
-    for c, (start, fut) in enumerate(score_futures):
-        chunk = range(start, bounds[c + 1])
-        out = _reward_result(
-            run, fut, [data[rollouts[k].item_index].reward_sample(rollouts[k].text) for k in chunk]
+        score_futures.append(
+            (len(rollouts) - len(samples), run.reward.submit("score", samples), run.reward.restarts)
         )
+    gen_s = time.perf_counter() - t0
+    bounds = [start for start, _, _ in score_futures] + [len(rollouts)]
+    for c, (start, fut, incarnation) in enumerate(score_futures):
+        chunk = range(start, bounds[c + 1])
+        samples = [data[rollouts[k].item_index].reward_sample(rollouts[k].text) for k in chunk]
+        out = _reward_result(run, fut, samples, incarnation)
         for k, score in enumerate(out.scores):
             r = rollouts[start + k]
             r.score, r.status = score, out.statuses[k]
@@ -266,19 +267,21 @@ def generate_and_score(
     return TrainBatch(prompts, rollouts), gen_s, time.perf_counter() - t0 - gen_s
 
 
-def _reward_result(run: GRPORun, fut: Any, samples: list) -> Any:
-    """A chunk's reward output; a reward actor that died mid-batch is replaced and the chunk scored again
-    (once): the step goes on, and ``reward/worker_restarts`` counts it."""
+def _reward_result(run: GRPORun, fut: Any, samples: list, incarnation: int) -> Any:
+    """A chunk's reward output; a reward actor that died mid-batch is replaced (once, however many chunks were
+    queued on it: ``incarnation`` is its restart count when the chunk was submitted) and the chunk is scored
+    again: the step goes on, and ``reward/worker_restarts`` counts it."""
     try:
         return fut.result()
     except Exception as e:  # noqa: BLE001 - Ray raises RayActorError / ActorDiedError subclasses here
         if not run.cfg.ray.enabled or "Actor" not in type(e).__name__:
             raise
-        log.warning("reward worker died (%s); restarting it and scoring the chunk again", type(e).__name__)
-        run.reward.restart()
-        targets = {**run.train_data.targets(), **(run.val_data.targets() if run.val_data else {})}
-        run.reward.call("register_targets", targets)
-        run.counters["reward_worker_restarts"] += 1
+        if run.reward.restarts == incarnation:
+            log.warning("reward worker died (%s); restarting it", type(e).__name__)
+            run.reward.restart()
+            targets = {**run.train_data.targets(), **(run.val_data.targets() if run.val_data else {})}
+            run.reward.call("register_targets", targets)
+            run.counters["reward_worker_restarts"] += 1
         return run.reward.call("score", samples)
 
 

@@ -164,3 +164,35 @@ def test_ray_actors_kill9_resume_matches_uninterrupted(r1_files, tmp_path):
         for key, value in full[step].items():
             assert again[step][key] == pytest.approx(value, rel=1e-6, abs=1e-9), (step, key)
     assert json.loads((tmp_path / "killed" / "config.json").read_text())["rollout"]["n"] == 4
+
+
+@pytest.mark.timeout(600)
+def test_reward_worker_killed_mid_run_is_replaced(r1_files, tmp_path):
+    ray = pytest.importorskip("ray")
+    cfg = load_config(
+        RECIPE,
+        _overrides(
+            r1_files,
+            tmp_path,
+            "restart",
+            "ray.enabled=true",
+            "ray.num_cpus=2",
+            "trainer.total_training_steps=2",
+            "trainer.val_before_train=false",
+            f"reward.path={TOY_REWARD}",
+        ),  # fmt: skip
+        schema=JobConfig,
+    )
+    run = setup(cfg)
+    try:
+        first = grpo_step(run)
+        run.step += 1
+        assert first["reward/worker_restarts"] == 0
+        ray.kill(run.reward._handle, no_restart=True)  # the reward actor's process dies
+        second = grpo_step(run)  # the step goes on with a replacement
+        assert second["reward/worker_restarts"] == 1
+        assert sum(v for k, v in second.items() if k.startswith("reward/status/")) == 8
+        assert "actor/pg_loss" in second
+    finally:
+        cleanup(run)
+        ray.shutdown()
