@@ -47,22 +47,13 @@ from typing import Any, Protocol
 
 from reward_servers.extract import extract_code
 from reward_servers.prom import Registry
-from reward_servers.sandbox import RenderResult, Sandbox, SandboxConfig, ScoreResult
+from reward_servers.sandbox import STATUSES, RenderResult, Sandbox, SandboxConfig, ScoreResult
 from reward_servers.scoring import SCORERS, decode_png
 
 log = logging.getLogger(__name__)
 
-STATUSES = (
-    "ok",
-    "no_code",
-    "syntax_error",
-    "exec_error",
-    "timeout",
-    "memory",
-    "killed",
-    "no_figure",
-    "bad_request",
-)
+__all__ = ["STATUSES", "PoolBusy", "PoolClosed", "RewardPool"]
+
 # Results that depend on load or on a crash rather than on the code: computed again next time.
 _UNCACHED_STATUSES = frozenset({"timeout", "killed"})
 _MAX_TARGET_ID_CHARS = 256
