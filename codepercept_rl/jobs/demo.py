@@ -147,8 +147,8 @@ def _stage_row(summary: dict[str, Any]) -> dict[str, Any]:
     scores, ci = overall["scores"], overall["ci"]
     return {
         "exec_rate": (scores.get("exec") or 0.0) / 100.0,
-        "image": scores.get("image_det"),
-        "code": scores.get("code_det"),
+        "image": scores.get("image"),
+        "code": scores.get("code"),
         "final": scores.get("final_det"),
         "final_ci95": ci.get("final_det"),
         "n_items": summary["n_items"],
