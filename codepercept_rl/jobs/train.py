@@ -251,14 +251,10 @@ def generate_and_score(
                 ids = _cut_at_vision_tokens(comp.token_ids, run.vision_ids)
                 rollouts.append(Rollout(p_index, i, ids, comp.text, comp.finish_reason))
                 samples.append(data[i].reward_sample(comp.text))
-        score_futures.append(
-            (len(rollouts) - len(samples), run.reward.submit("score", samples), run.reward.restarts)
-        )
+        start = len(rollouts) - len(samples)
+        score_futures.append((start, samples, run.reward.submit("score", samples), run.reward.restarts))
     gen_s = time.perf_counter() - t0
-    bounds = [start for start, _, _ in score_futures] + [len(rollouts)]
-    for c, (start, fut, incarnation) in enumerate(score_futures):
-        chunk = range(start, bounds[c + 1])
-        samples = [data[rollouts[k].item_index].reward_sample(rollouts[k].text) for k in chunk]
+    for start, samples, fut, incarnation in score_futures:
         out = _reward_result(run, fut, samples, incarnation)
         for k, score in enumerate(out.scores):
             r = rollouts[start + k]

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from codepercept_rl.config import JobConfig, load_config
 from codepercept_rl.jobs.train import cleanup, grpo_step, setup
-from tests.grpo.test_train import RECIPE, TOY_REWARD, _overrides
+from tests.grpo.test_train import ray_config
 
 ray = pytest.importorskip("ray")
 from ray.cluster_utils import Cluster  # noqa: E402
@@ -21,20 +20,7 @@ def test_grpo_actors_spread_over_two_nodes(r1_files, tmp_path):
     cluster.wait_for_nodes()
     ray.init(address=cluster.address)
     try:
-        cfg = load_config(
-            RECIPE,
-            _overrides(
-                r1_files,
-                tmp_path,
-                "cluster",
-                "ray.enabled=true",
-                f"ray.address={cluster.address}",
-                "trainer.total_training_steps=1",
-                "trainer.val_before_train=false",
-                f"reward.path={TOY_REWARD}",
-            ),  # fmt: skip
-            schema=JobConfig,
-        )
+        cfg = ray_config(r1_files, tmp_path, "cluster", f"ray.address={cluster.address}")
         run = setup(cfg)
         try:
             metrics = grpo_step(run)

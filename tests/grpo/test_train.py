@@ -166,23 +166,17 @@ def test_ray_actors_kill9_resume_matches_uninterrupted(r1_files, tmp_path):
     assert json.loads((tmp_path / "killed" / "config.json").read_text())["rollout"]["n"] == 4
 
 
+def ray_config(r1_files, run_root, name, *extra):
+    """A two-step Ray run with the toy reward (shared with the placement test)."""
+    overrides = _overrides(r1_files, run_root, name, "ray.enabled=true", "trainer.total_training_steps=2",
+                           "trainer.val_before_train=false", f"reward.path={TOY_REWARD}", *extra)  # fmt: skip
+    return load_config(RECIPE, overrides, schema=JobConfig)
+
+
 @pytest.mark.timeout(600)
 def test_reward_worker_killed_mid_run_is_replaced(r1_files, tmp_path):
     ray = pytest.importorskip("ray")
-    cfg = load_config(
-        RECIPE,
-        _overrides(
-            r1_files,
-            tmp_path,
-            "restart",
-            "ray.enabled=true",
-            "ray.num_cpus=2",
-            "trainer.total_training_steps=2",
-            "trainer.val_before_train=false",
-            f"reward.path={TOY_REWARD}",
-        ),  # fmt: skip
-        schema=JobConfig,
-    )
+    cfg = ray_config(r1_files, tmp_path, "restart", "ray.num_cpus=2")
     run = setup(cfg)
     try:
         first = grpo_step(run)
