@@ -53,7 +53,7 @@ WARM_MODULES = (
 
 _CLONE_NEWNS, _CLONE_NEWNET, _CLONE_NEWUSER = 0x00020000, 0x40000000, 0x10000000
 _MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_REMOUNT, _MS_BIND = 1, 2, 4, 32, 4096
-_MS_MOVE, _MS_REC, _MS_PRIVATE = 8192, 16384, 1 << 18
+_MS_REC, _MS_PRIVATE = 16384, 1 << 18
 _MNT_DETACH = 2
 _PR_SET_CHILD_SUBREAPER = 36
 _UID_BASE, _UID_STRIDE, _UID_TRIES = 61000, 256, 16
@@ -162,9 +162,11 @@ def _kept_paths() -> list[str]:
     return kept
 
 
-def _open_kept() -> list[tuple[int, str]]:
-    """O_PATH handles on :func:`_kept_paths`, taken before masking (afterwards the paths no longer resolve)."""
-    return [(os.open(p, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC), p) for p in _kept_paths()]
+def _open_kept(under: tuple[str, ...]) -> list[tuple[int, str]]:
+    """O_PATH handles on the :func:`_kept_paths` below ``under``, taken before masking (afterwards the paths
+    no longer resolve)."""
+    paths = [p for p in _kept_paths() if any(p.startswith(d + "/") for d in under)]
+    return [(os.open(p, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC), p) for p in paths]
 
 
 def _restore_kept(kept: list[tuple[int, str]], under: tuple[str, ...]) -> None:
@@ -188,7 +190,7 @@ def _isolate_root(cfg: dict, uid: int) -> list[tuple[int, str]]:
     _mount(None, "/", None, _MS_REC | _MS_PRIVATE)  # why: our mounts must never propagate to the host
     # The Python installation and this checkout may live under a dir about to be masked (/root/.pyenv, a CI
     # clone in /tmp): hold handles on them, mask, then bind them back read-only.
-    kept = _open_kept()
+    kept = _open_kept((*_TMP_DIRS, *_HIDDEN_DIRS))
     tmp_mb = _tmp_size_mb(cfg)
     for d in _TMP_DIRS:
         if os.path.isdir(d):
@@ -231,7 +233,7 @@ def _isolate_userns(cfg: dict) -> list[tuple[int, str]]:
     with open("/proc/self/gid_map", "w") as f:
         f.write(f"0 {gid} 1")
     _mount(None, "/", None, _MS_REC | _MS_PRIVATE)
-    kept = [(fd, p) for fd, p in _open_kept() if any(p.startswith(d + "/") for d in _TMP_DIRS)]
+    kept = _open_kept(_TMP_DIRS)
     for d in _TMP_DIRS:
         if os.path.isdir(d):
             _mount_tmpfs(d, _tmp_size_mb(cfg), "1777")

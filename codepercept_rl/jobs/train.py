@@ -136,8 +136,7 @@ def setup(cfg: JobConfig, resume: bool = False) -> GRPORun:
                     cfg.trainer.torch_num_threads, ray_enabled=cfg.ray.enabled, num_cpus=1,
                     num_gpus=1.0 if on_gpu and cfg.rollout.name == "vllm" else 0.0)  # fmt: skip
     reward = Actor(RewardWorker, cfg.reward, ray_enabled=cfg.ray.enabled, num_cpus=0)
-    targets = {**train_data.targets(), **(val_data.targets() if val_data else {})}
-    reward.call("register_targets", targets)
+    reward.call("register_targets", _targets(train_data, val_data))
     processor = _driver_processor(cfg)
     loss = GRPOLoss(
         clip_ratio_low=cfg.actor.clip_ratio_low, clip_ratio_high=cfg.actor.clip_ratio_high,
@@ -263,20 +262,28 @@ def generate_and_score(
     return TrainBatch(prompts, rollouts), gen_s, time.perf_counter() - t0 - gen_s
 
 
+def _targets(train: R1Dataset, val: R1Dataset | None) -> dict[str, bytes]:
+    """Every target image the reward worker must know, by id."""
+    return {**train.targets(), **(val.targets() if val else {})}
+
+
 def _reward_result(run: GRPORun, fut: Any, samples: list, incarnation: int) -> Any:
     """A chunk's reward output; a reward actor that died mid-batch is replaced (once, however many chunks were
     queued on it: ``incarnation`` is its restart count when the chunk was submitted) and the chunk is scored
     again: the step goes on, and ``reward/worker_restarts`` counts it."""
     try:
         return fut.result()
-    except Exception as e:  # noqa: BLE001 - Ray raises RayActorError / ActorDiedError subclasses here
-        if not run.cfg.ray.enabled or "Actor" not in type(e).__name__:
+    except Exception as e:  # noqa: BLE001 - narrowed below: only a dead Ray actor is handled
+        if not run.cfg.ray.enabled:
+            raise
+        from ray.exceptions import RayActorError  # ActorDiedError and friends subclass it
+
+        if not isinstance(e, RayActorError):
             raise
         if run.reward.restarts == incarnation:
             log.warning("reward worker died (%s); restarting it", type(e).__name__)
             run.reward.restart()
-            targets = {**run.train_data.targets(), **(run.val_data.targets() if run.val_data else {})}
-            run.reward.call("register_targets", targets)
+            run.reward.call("register_targets", _targets(run.train_data, run.val_data))
             run.counters["reward_worker_restarts"] += 1
         return run.reward.call("score", samples)
 
@@ -428,9 +435,8 @@ def grpo_step(run: GRPORun) -> dict[str, float]:
     metrics = _step_metrics(run, kept, scores, rewards, adv, update_stats, grad_norms, lrs, skipped, filtered,
                             rounds, timing, kl_in_reward)  # fmt: skip
     if token_entropy:
-        metrics["actor/entropy"] = statistics.fmean(
-            token_entropy
-        )  # of the sampling policy, per response token
+        # Of the sampling policy, per response token.
+        metrics["actor/entropy"] = statistics.fmean(token_entropy)
     return metrics
 
 
