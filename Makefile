@@ -1,4 +1,4 @@
-# The two commands of the README:  `make demo` (set-up + the main job) and `make test` (set-up + the tests).
+# The two commands of the README:  `make quickstart` (set-up + the main job) and `make test` (set-up + the tests).
 # Everything installs into ./.venv; PyTorch is pinned first so pip never pulls the multi-GB CUDA build.
 
 VENV    ?= .venv
@@ -6,10 +6,10 @@ PYTHON  ?= python3
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 TORCH   ?= torch==2.13.0
-OUT     ?= runs/demo
+OUT     ?= runs/quickstart
 PYTEST_ARGS ?=
 
-.PHONY: install system-deps demo test test-vllm vllm-env lint format bench clean
+.PHONY: install system-deps quickstart demo test test-vllm vllm-env lint format bench clean
 
 $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,15 +26,20 @@ $(STAMP): setup.py
 
 install: $(STAMP)
 
-demo: install
-	$(VENV)/bin/codepercept-rl demo --out $(OUT)
+quickstart: install
+	$(VENV)/bin/codepercept-rl quickstart --out $(OUT)
 
-# Debian's chromium for the eval gallery's browser test (installed when missing and we are root; the test
-# skips with its reason elsewhere).
+demo: quickstart
+
+# Debian's chromium for the eval gallery's browser test and slurm-wlm for the Slurm recipe test (installed when
+# missing and we are root; the tests skip with their reason elsewhere).
 system-deps:
 	@command -v chromium >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || \
 	  echo "make: could not install chromium; the browser test will skip"
+	@command -v slurmctld >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm >/dev/null) || \
+	  echo "make: could not install slurm-wlm; the Slurm recipe test will skip"
 
 test: install system-deps
 	$(PY) -m pytest -q $(PYTEST_ARGS)

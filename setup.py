@@ -38,7 +38,7 @@ EXTRAS = {
     "gpu": ["vllm>=0.10", "flash-attn>=2.6"],
     # A local ONNX image encoder for reward_servers.metrics.perceptual_similarity (no torch, no download).
     "perceptual": ["onnxruntime>=1.17", "onnx>=1.15"],
-    "verl": ["verl>=0.5"],
+    "verl": ["verl>=0.9.1,<0.10", "hydra-core>=1.3"],  # recipes/verl use 0.9.1 key names
     "trl": ["trl>=1.0"],
     "dev": [
         "pytest>=8.0",
@@ -48,6 +48,7 @@ EXTRAS = {
         "onnxruntime>=1.17",
         "onnx>=1.15",
         "prometheus_client>=0.19",
+        "hydra-core>=1.3",  # composes verl's config in tests/recipes (verl itself is installed --no-deps)
     ],
 }
 

@@ -24,17 +24,24 @@ What is the same on both sides:
 - the algorithm: beta 0 (no reference model), one PPO epoch / ``num_iterations=1``, clip 0.2 both ways,
   token-mean loss (TRL ``loss_type="dapo"``), group-std-normalised advantages (``scale_rewards="group"``),
   one optimizer step per GRPO step (AdamW foreach, lr ``--lr`` constant, weight decay 0, grad clip 1.0);
+- the update is on-policy on both sides, and neither runs a separate forward for the sampling policy's
+  log-probs: TRL skips it with ``num_iterations=1``; ours (``actor.recompute_log_prob=false``, one epoch over
+  one mini-batch) uses the update's own log-probs, detached, as the old ones;
+- both generate with the weights being trained, in the training process: ours colocated
+  (``rollout.hybrid_engine=true``: the rollout module's parameters are views of the learner's one-rank FSDP2
+  shards, so ``update_weights`` only re-binds them), TRL with the trained model itself;
+- both score only the completion tokens: TRL masks the prompt out of the labels of its fused LM head, ours
+  computes logits from the first completion column on (``logits_to_keep``);
 - torch uses 1 thread; warm-up steps are excluded; each engine runs ``--repeats`` fresh runs, each in its own
   Python process (no engine inherits the other's process group, sandboxes or allocator state), interleaved
   (ours, TRL, ours, TRL, ...) so that load from other work on the machine hits both alike.
 
 What is not the same (and is part of what is measured):
 
-- ours recomputes the sampling policy's log-probs before the update (verl's ``old_log_prob``, one extra
-  forward); TRL skips it when ``num_iterations=1``;
+- ours trains the model wrapped by FSDP2 in a one-rank gloo group (the same code path as N ranks), TRL the
+  plain module; ours also computes the entropy of the sampling policy in the update's forward (TRL computes
+  its entropies there too);
 - ours registers the target images with the reward pool once; TRL's reward sends the target PNG per call;
-- ours keeps a separate rollout model and copies weights into it after each update (``update_weights``);
-  TRL generates with the trained model itself;
 - seconds/step of ours is the wall time of ``grpo_step`` plus logging its metrics; of TRL the time between
   consecutive ``on_step_end`` callbacks (its dataloader, ``training_step``, optimizer step and logging).
   Per-phase figures: ours from its ``timing_s/*`` metrics; TRL's from a stopwatch around its own methods
@@ -169,11 +176,13 @@ def our_config(args: argparse.Namespace, root: Path, model_dir: Path, parquet: P
         "actor.loss_agg_mode=token-mean",
         "actor.grad_clip=1.0",
         "actor.use_kl_loss=false",
+        "actor.recompute_log_prob=false",  # on-policy (one epoch, one mini-batch): no old_log_prob forward
         f"rollout.n={args.group_size}",
         "rollout.temperature=1.0",
         "rollout.top_p=1.0",
         f"rollout.response_length={args.max_new_tokens}",
         f"rollout.micro_batch_size={batch}",  # the whole step in one generate call, like TRL
+        "rollout.hybrid_engine=true",  # colocated: generate with the learner's own parameters, like TRL
         "algorithm.norm_adv_by_std_in_grpo=true",
         "algorithm.filter_groups=false",
         "reward.name=render_similarity",

@@ -16,13 +16,15 @@ from codepercept_rl.errors import UserError
 
 # name -> (module:function taking argv and returning an exit code, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "demo": (
-        "codepercept_rl.jobs.demo:main",
-        "Run the most complete end-to-end job on this machine (CPU-sized).",
+    "quickstart": (
+        "codepercept_rl.jobs.quickstart:main",
+        "data -> S1 -> R1 -> eval of a tiny Qwen-VL on this machine, with a report (the README's main job).",
     ),
+    "demo": ("codepercept_rl.jobs.quickstart:main", "Alias of quickstart."),
     "data": ("codepercept_rl.data_cli:main", "Build, filter, export and show image-caption-code datasets."),
     "sft": ("codepercept_rl.jobs.sft:main", "S1: supervised fine-tuning (image -> caption, image -> code)."),
     "train": ("codepercept_rl.jobs.train:main", "R1: GRPO with code-execution rewards (Ray actors)."),
+    "submit": ("codepercept_rl.launch:main", "Run train, sft, eval ... as a job on a Ray cluster."),
     "eval": (
         "codepercept_rl.jobs.eval:main",
         "Evaluate a model on a STEM2Code-style bench; compare two runs.",

@@ -1,6 +1,6 @@
 """Exports of a dataset directory for training: verl R1 parquet, S1 chat JSONL, a Hugging Face dataset.
 
-    codepercept-rl data export DIR [--formats r1,s1,hf] [--seed 0] [--val 0.05 --test 0.05]
+    codepercept-rl data export DIR [--formats r1,s1,hf,verl_sft] [--seed 0] [--val 0.05 --test 0.05]
 
 Writes under ``DIR/exports/``:
 
@@ -14,6 +14,9 @@ Writes under ``DIR/exports/``:
   ``task: "caption"`` record (image -> code-grounded caption) and one ``task: "code"`` record (image -> code in a
   ```python block); ``images`` holds the PNG path relative to the JSONL file's folder (``../../images/<id>.png``), so the
   export loads from anywhere (verl / ms-swift resolve relative paths the same way when run from there).
+* ``verl_sft/{split}.parquet`` (only when asked for): the S1 records for verl's SFT trainer
+  (``MultiTurnSFTDataset`` reads parquet only): ``id``, ``task``, ``messages`` as in S1 and ``images``
+  ([{"bytes": png}], embedded like R1's, so the file is self-contained).
 * ``hf/``: ``datasets.DatasetDict.save_to_disk`` with an ``Image`` feature (load with ``load_from_disk``).
 
 Splits do not leak near-duplicates: items are grouped (pHash within ``split_distance`` bits or identical
@@ -41,7 +44,8 @@ from data_tools.prompts import R1_PROMPT, S1_CAPTION_PROMPT, S1_CODE_PROMPT
 from data_tools.store import Dataset, Item
 
 SPLITS = ("train", "validation", "test")
-FORMATS = ("r1", "s1", "hf")
+FORMATS = ("r1", "s1", "hf", "verl_sft")
+DEFAULT_FORMATS = ("r1", "s1", "hf")  # verl_sft embeds every image a second time: only on request
 ABILITY = "stem_perception"
 
 
@@ -138,6 +142,15 @@ def s1_records(items: Sequence[Item], image_prefix: str = "../../") -> list[dict
     return out
 
 
+def verl_sft_rows(items: Sequence[Item], pngs: Sequence[bytes]) -> list[dict]:
+    """The S1 records (``s1_records``) as verl SFT parquet rows, each with its image's PNG bytes."""
+    return [
+        {"id": r["id"], "task": r["task"], "messages": r["messages"], "images": [{"bytes": png}]}
+        for item, png in zip(items, pngs, strict=True)
+        for r in s1_records([item])
+    ]
+
+
 def _write_parquet(path: Path, rows: list[dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -200,7 +213,7 @@ class ExportReport:
 
 def export(
     root: str | os.PathLike,
-    formats: Sequence[str] = FORMATS,
+    formats: Sequence[str] = DEFAULT_FORMATS,
     *,
     seed: int = 0,
     val_fraction: float = 0.05,
@@ -245,6 +258,9 @@ def export(
             text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in s1_records(its))
             atomic_write_text(out / "s1" / f"{split}.jsonl", text)
             report.paths.append(str(out / "s1" / f"{split}.jsonl"))
+        if "verl_sft" in formats:
+            _write_parquet(out / "verl_sft" / f"{split}.parquet", verl_sft_rows(its, ps))
+            report.paths.append(str(out / "verl_sft" / f"{split}.parquet"))
     if "hf" in formats:
         _write_hf(out / "hf", by_split)
         report.paths.append(str(out / "hf"))

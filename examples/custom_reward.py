@@ -7,12 +7,15 @@ SSIM of the render against the target (the code runs in the reward backend's san
 for answers over 4,000 characters. ``None`` (could not score) where the backend refused the sample.
 """
 
-from codepercept_rl.rewards import RewardOutput
+from collections.abc import Sequence
+
+from codepercept_rl.rewards import RewardBackend, RewardOutput, RewardSample
 
 MAX_CHARS = 4000
 
 
-def ssim_with_length_cap(samples, backend):
+def ssim_with_length_cap(samples: Sequence[RewardSample], backend: RewardBackend) -> RewardOutput:
+    """One score per sample: render SSIM against the target, minus 0.2 past ``MAX_CHARS`` characters."""
     keys = ("target_id", "target_png", "reference_code")
     items = [{"code": s.completion, "reward": "ssim", **{k: getattr(s, k) for k in keys}} for s in samples]
     results = backend.score(items)

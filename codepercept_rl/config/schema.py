@@ -13,6 +13,7 @@ verl name map (ours -> verl ``actor_rollout_ref.*`` / ``algorithm.*``)::
     rollout.n / temperature / top_p  actor_rollout_ref.rollout.n / temperature / top_p
     algorithm.adv_estimator          algorithm.adv_estimator
     algorithm.kl_coef                algorithm.kl_ctrl.kl_coef (flattened: one coefficient, no controller)
+    rollout.hybrid_engine            actor_rollout_ref.hybrid_engine
 """
 
 from __future__ import annotations
@@ -115,6 +116,10 @@ class ActorConfig:
     use_kl_loss: bool = False
     kl_loss_coef: float = 0.001
     kl_loss_type: Literal["k1", "k3", "low_var_kl", "mse"] = "low_var_kl"
+    # false: when the update is on-policy (ppo_epochs=1 and one mini-batch per rollout batch, verl's actor
+    # ``on_policy``), the sampling policy's log-probs are the update's own, detached: the separate old_log_prob
+    # forward is skipped (ratio 1, same gradient). true: always run that forward, as verl's trainer does.
+    recompute_log_prob: bool = False
 
 
 @dataclass
@@ -133,6 +138,10 @@ class RolloutConfig:
     micro_batch_size: int = 16  # sequences per HF generate call; also the granularity of reward overlap
     val_temperature: float = 0.0  # validation sampling (0: greedy, one sample per prompt)
     enable_sleep_mode: bool = False  # vLLM colocated with the learner on GPUs: free memory between rollouts
+    # verl actor_rollout_ref.hybrid_engine. true (colocated): HF generate runs inside learner rank 0's process
+    # with the learner's own weights (shared storage on one rank, a gathered in-memory copy on several); false
+    # (split): a separate rollout worker (its own process / GPU) receives the weights after every update.
+    hybrid_engine: bool = False
 
 
 @dataclass

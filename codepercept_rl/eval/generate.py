@@ -90,6 +90,9 @@ class Generator(Protocol):
         ...
 
 
+IMAGE_TAG = "<image>"  # where the image goes in a prompt (the S1/R1 data convention)
+
+
 def png_data_url(png: bytes) -> str:
     """A ``data:image/png;base64,...`` URL for chat-completions image parts."""
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
@@ -103,16 +106,26 @@ def chat_messages(request: GenRequest) -> list[dict[str, Any]]:
     if request.image_png is None:
         messages.append({"role": "user", "content": request.prompt})
         return messages
-    messages.append(
-        {
-            "role": "user",
-            "content": [
-                {"type": "text", "text": request.prompt},
-                {"type": "image_url", "image_url": {"url": png_data_url(request.image_png)}},
-            ],
-        }
-    )
+    image_part = {"type": "image_url", "image_url": {"url": png_data_url(request.image_png)}}
+    messages.append({"role": "user", "content": _with_image(request.prompt, image_part, image_first=False)})
     return messages
+
+
+def _with_image(prompt: str, image_part: dict[str, Any], *, image_first: bool) -> list[dict[str, Any]]:
+    """Content parts for one image and the instruction.
+
+    An ``<image>`` tag in the prompt marks where the image goes, as in the S1/R1 data (so ``"<image>\nWrite…"``
+    gives exactly the training prompt, newline included); without a tag the image goes first (``image_first``)
+    or after the text.
+    """
+    if IMAGE_TAG in prompt:
+        before, after = prompt.split(IMAGE_TAG, 1)
+        parts = [{"type": "text", "text": before}] if before else []
+        parts.append(image_part)
+        rest = after.replace(IMAGE_TAG, "")
+        return parts + ([{"type": "text", "text": rest}] if rest else [])
+    text = {"type": "text", "text": prompt}
+    return [image_part, text] if image_first else [text, image_part]
 
 
 class EngineGenerator:
@@ -179,7 +192,7 @@ class EngineGenerator:
 def _rollout_prompt(request: GenRequest) -> RolloutPrompt:
     content: list[dict[str, Any]] = [{"type": "text", "text": request.prompt}]
     if request.image_png is not None:
-        content.insert(0, {"type": "image"})
+        content = _with_image(request.prompt, {"type": "image"}, image_first=True)
     messages: list[dict[str, Any]] = [{"role": "user", "content": content}]
     if request.system:
         messages.insert(0, {"role": "system", "content": request.system})

@@ -223,6 +223,22 @@ class Comparison:
         return dict(self.__dict__)
 
 
+def bootstrap_mean_ci(
+    values: Sequence[float] | np.ndarray, *, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05
+) -> tuple[float, float] | None:
+    """Percentile bootstrap CI of the mean of ``values`` (resampled with replacement, ``n_boot`` times).
+
+    Given per-item differences, it is the paired CI of the mean difference. ``None`` for no values or
+    ``n_boot=0``.
+    """
+    x = np.asarray(values, dtype=float)
+    if not x.size or n_boot <= 0:
+        return None
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, x.size, size=(n_boot, x.size))].mean(axis=1)
+    return float(np.quantile(means, alpha / 2)), float(np.quantile(means, 1 - alpha / 2))
+
+
 def compare(
     a: Mapping[str, Mapping[str, Any]],
     b: Mapping[str, Mapping[str, Any]],
@@ -262,12 +278,7 @@ def compare(
         )
     va, vb = np.asarray(da), np.asarray(db)
     diff = vb - va
-    ci = None
-    if diff.size and n_boot > 0:
-        rng = np.random.default_rng(seed)
-        idx = rng.integers(0, diff.size, size=(n_boot, diff.size))
-        means = diff[idx].mean(axis=1)
-        ci = (float(np.quantile(means, alpha / 2)), float(np.quantile(means, 1 - alpha / 2)))
+    ci = bootstrap_mean_ci(diff, n_boot=n_boot, seed=seed, alpha=alpha)
     return Comparison(
         metric="final" if judged else "final_det",
         n_common=int(diff.size),

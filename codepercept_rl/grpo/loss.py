@@ -37,6 +37,10 @@ class GRPOLoss:
     kl_loss_coef: float = 0.001
     kl_loss_type: str = "low_var_kl"
     max_response_length: int = 512
+    # The update is on-policy (one epoch, one mini-batch, weights unchanged since sampling): the sampling
+    # policy's log-probs are this forward's own, detached (ratio 1; the gradient is -A * grad log-prob), and no
+    # ``old_logprobs`` travel with the micro-batches (verl's actor ``on_policy``).
+    on_policy: bool = False
 
     def __post_init__(self) -> None:
         if self.loss_agg_mode not in LOSS_AGG_MODES:
@@ -52,9 +56,15 @@ class GRPOLoss:
         """``(loss sum, stat sums)`` of one micro-batch; stats are summed over response tokens (``tokens``
         counts them), so ``stat / tokens`` over the whole step is the token mean."""
         mask = mb.loss_mask  # (B, T)
+        if self.on_policy:
+            old = logprobs.detach()
+        elif "old_logprobs" in mb.extras:
+            old = mb.extras["old_logprobs"]
+        else:
+            raise ValueError("GRPOLoss: micro-batch has no old_logprobs and the loss is not on_policy")
         per_token, s = clipped_surrogate(
             logprobs,
-            mb.extras["old_logprobs"],
+            old,
             mb.extras["advantages"],
             clip_ratio_low=self.clip_ratio_low,
             clip_ratio_high=self.clip_ratio_high,

@@ -5,7 +5,11 @@ a ``breakpoint()`` works). Either way ``submit(method, ...)`` returns a ``concur
 driver overlaps work the same way in both: reward scoring of one generation chunk runs while the next chunk
 generates.
 
-- :class:`RolloutWorker`: a policy copy and a rollout engine (HF ``generate`` or vLLM); new weights each step.
+- :class:`RolloutWorker`: a policy copy and a rollout engine (HF ``generate`` or vLLM); new weights each step
+  (split placement).
+- :class:`ColocatedRolloutWorker`: HF ``generate`` inside learner rank 0's process with the learner's own
+  weights (colocated placement, ``rollout.hybrid_engine=true``); :class:`Colocated` is its driver-side handle,
+  with the same ``submit`` / ``call`` / ``shutdown`` as :class:`Actor`.
 - :class:`RewardWorker`: the reward function and its backend (a sandboxed ``RewardPool`` or remote reward
   services): untrusted completions are executed there, never in the driver or the learner.
 """
@@ -156,6 +160,70 @@ class RolloutWorker:
 
     def close(self) -> None:
         """Nothing to release beyond the process."""
+
+
+class ColocatedRolloutWorker:
+    """HF ``generate`` with the learner's own weights, in learner rank 0's process (verl's hybrid engine).
+
+    The engine's model is the learner's :attr:`~codepercept_rl.learner.Learner.rollout_module`: on one fp32 rank
+    its parameters are the learner's (nothing is copied, ever); otherwise a plain module the learner refreshes
+    in place from gathered weights (``sync_rollout_model``, a collective of all ranks). The driver calls
+    ``sync_rollout_model`` on every rank once before attaching this worker.
+
+    Args:
+        learner: rank 0's :class:`~codepercept_rl.learner.Learner`.
+        rollout_cfg: engine and sampling settings (``rollout.name`` must be ``hf``).
+        max_prompt_tokens: longer prompts are skipped and counted.
+    """
+
+    def __init__(self, learner: Any, rollout_cfg: RolloutConfig, max_prompt_tokens: int | None) -> None:
+        from codepercept_rl.rollout import HFRolloutEngine
+
+        if rollout_cfg.name != "hf":
+            raise ValueError(
+                f"a colocated rollout runs HF generate; rollout.name={rollout_cfg.name} runs split"
+            )
+        if learner.rollout_module is None:
+            raise RuntimeError("call sync_rollout_model on every rank before attaching the colocated rollout")
+        self.engine = HFRolloutEngine(
+            learner.rollout_module,
+            learner.processor,
+            micro_batch_size=rollout_cfg.micro_batch_size,
+            max_prompt_tokens=max_prompt_tokens,
+        )
+
+    def generate(self, prompts: Sequence[RolloutPrompt], params: SamplingParams) -> list[list[Completion]]:
+        """``params.n`` completions per prompt, sampled with the learner's current weights."""
+        return self.engine.generate(prompts, params)
+
+    def stats(self) -> dict[str, int]:
+        """The engine's counters (prompts too long, generated tokens ...)."""
+        return dict(self.engine.stats)
+
+    def close(self) -> None:
+        """Nothing to release: the module belongs to the learner."""
+
+
+class Colocated:
+    """The driver's handle on an object living beside learner rank 0 (``LearnerGroup.attach``), with
+    :class:`Actor`'s ``submit`` / ``call`` / ``shutdown``; it cannot be restarted apart from the learners."""
+
+    def __init__(self, learners: Any, cls: type, *args: Any) -> None:
+        self.name = cls.__name__
+        self._learners = learners
+        learners.attach(cls, *args)
+
+    def submit(self, method: str, *args: Any, **kwargs: Any) -> concurrent.futures.Future:
+        """Call ``method`` asynchronously; the future holds its result or raises its exception."""
+        return self._learners.submit_attached(method, *args, **kwargs)
+
+    def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """Call ``method`` and wait for its result."""
+        return self.submit(method, *args, **kwargs).result()
+
+    def shutdown(self) -> None:
+        """Close the object; the learner group (and its process) is shut down by its owner."""
+        self.call("close")
 
 
 class RewardWorker:

@@ -102,6 +102,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for CIs")
     s.add_argument("--boot-seed", type=int, default=0)
     s.add_argument("--wandb", action="store_true", help="also log the summary to W&B (offline without a key)")
+    s.add_argument("--wandb-group", help="W&B group (e.g. the pipeline whose S1 and R1 runs this evaluates)")
     j = p.add_argument_group("LLM judges (optional: paper Image / Code scores)")
     j.add_argument("--judge-url", help="OpenAI-compatible base URL of the judge")
     j.add_argument("--judge-model", help="image (and code) judge model")
@@ -357,7 +358,8 @@ def _track(args: argparse.Namespace, out: Path, settings: dict[str, Any], summar
         for r in records
     ]  # fmt: skip
     experiment = Path(out).name
-    with Tracker(out, experiment=experiment, backends=backends, config=settings, job_type="eval") as tracker:
+    with Tracker(out, experiment=experiment, backends=backends, config=settings, job_type="eval",
+                 group=getattr(args, "wandb_group", None)) as tracker:  # fmt: skip
         tracker.log(metrics, step=0)
         tracker.log_table("samples", columns, rows, step=0)
 

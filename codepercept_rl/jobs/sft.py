@@ -310,8 +310,14 @@ def generation_check(run: SFTRun) -> dict[str, float]:
     results = run.pool.score(items)
     ok = [r.status == "ok" for r in results]
     if run.tracker is not None:
-        table = [[e.id, c[:2000], r.status] for e, c, r in zip(rows, completions, results, strict=True)]
-        run.tracker.log_table("val_generations", ["id", "completion", "status"], table, step=run.learner.step)
+        # The target next to the answer's render (drawn again in the sandbox), as R1's sample tables show them.
+        table = [
+            [e.id, item.get("target_png"), run.pool.render(c).png if r.status == "ok" else None, r.score, r.status,
+             c[:2000]]
+            for e, c, r, item in zip(rows, completions, results, items, strict=True)
+        ]  # fmt: skip
+        run.tracker.log_table("val_generations", ["id", "target", "render", "score", "status", "completion"], table,
+                              step=run.learner.step)  # fmt: skip
     return {
         "val/exec_rate": sum(ok) / len(ok), "val/render_score": sum(r.score for r in results) / len(results),
         "val/gen_samples": len(ok), "timing_s/gen": time.perf_counter() - t0,

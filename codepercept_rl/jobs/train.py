@@ -12,12 +12,26 @@ One step (:func:`grpo_step`), each phase timed under ``timing_s/<phase>``:
 2. ``reward``: each chunk is scored by the reward worker (sandboxed renders) as soon as it is generated, so
    scoring overlaps generation; ``timing_s/reward`` is the wait left after generation ended. With
    ``algorithm.filter_groups`` groups whose rewards are all equal are dropped and more prompts are sampled;
-3. ``old_log_prob`` / ``ref``: log-probs of the sampling policy (recomputed by the learner, as verl does) and,
-   when a KL term is on, of the frozen reference;
+3. ``old_log_prob`` / ``ref``: log-probs of the sampling policy and, when a KL term is on, of the frozen
+   reference. When the update is on-policy (``actor.ppo_epochs=1`` and one mini-batch per rollout batch, as
+   verl's actor decides ``on_policy``; no KL in the reward) the sampling policy *is* the policy the update's
+   forward sees, so that forward's log-probs, detached, stand in for the old ones (ratio 1, the same
+   gradient) and this forward is skipped; ``actor.recompute_log_prob=true`` always runs it;
 4. ``adv``: group-normalised advantages (``algorithm.norm_adv_by_std_in_grpo=false``: Dr. GRPO);
-5. ``update_actor``: ``actor.ppo_epochs`` passes over mini-batches of ``actor.ppo_mini_batch_size`` prompts;
-6. ``update_weights``: the learner's new weights go to the rollout worker (in memory locally, through the
-   object store with Ray).
+5. ``update_actor``: ``actor.ppo_epochs`` passes over mini-batches of ``actor.ppo_mini_batch_size`` prompts
+   (``actor/entropy`` comes from this forward when phase 3 was skipped);
+6. ``update_weights``: the new weights reach the rollout engine (see placement).
+
+Placement (``rollout.hybrid_engine``, verl's ``actor_rollout_ref.hybrid_engine``):
+
+- split (``false``, the default; the only choice for vLLM): the rollout worker is its own Ray actor (its own
+  GPU with vLLM) holding its own copy of the policy; after each update the learner ranks gather the full
+  weights and the driver hands them over (through the object store with Ray; in-process, a copy);
+- colocated (``true``, HF ``generate`` only): no rollout actor; the engine lives in learner rank 0's process
+  and generates with the learner's weights in memory. With one fp32 rank its module's parameters *are* the
+  learner's (the optimizer updates them in place: phase 6 copies nothing, ``timing_s/update_weights`` ~ 0);
+  with several ranks (or bf16 compute) every rank joins a gather into a plain module on rank 0, in memory.
+  Rank 0 generates while the other ranks wait; on CPU it frees the rollout actor's core.
 
 Sampling is seeded per step, so a run resumed from a checkpoint (``--resume``, or ``trainer.resume_mode=auto``)
 logs the same metrics as an uninterrupted one on CPU. Metric names follow verl (``actor/pg_loss``,
@@ -27,6 +41,7 @@ logs the same metrics as an uninterrupted one on CPU. Metric names follow verl (
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import math
 import statistics
@@ -51,10 +66,10 @@ from codepercept_rl.grpo.batch import (
 )
 from codepercept_rl.grpo.data import PromptSampler, R1Dataset
 from codepercept_rl.grpo.loss import GRPOLoss
-from codepercept_rl.grpo.workers import Actor, RewardWorker, RolloutWorker
+from codepercept_rl.grpo.workers import Actor, Colocated, ColocatedRolloutWorker, RewardWorker, RolloutWorker
 from codepercept_rl.learner import LearnerConfig
 from codepercept_rl.learner import checkpoint as ckpt
-from codepercept_rl.learner.actor import LearnerGroup
+from codepercept_rl.learner.actor import LearnerGroup, init_ray
 from codepercept_rl.rollout import SamplingParams
 from codepercept_rl.rollout.hf import vision_token_ids
 from codepercept_rl.tracking import Tracker
@@ -77,7 +92,7 @@ class GRPORun:
     sampler: PromptSampler
     learners: LearnerGroup
     reference: LearnerGroup | None
-    rollout: Actor
+    rollout: Actor | Colocated
     reward: Actor
     encoder: PromptEncoder
     loss: GRPOLoss
@@ -110,11 +125,7 @@ def setup(cfg: JobConfig, resume: bool = False) -> GRPORun:
     train_data = R1Dataset(cfg.data.train_files, strict=cfg.data.strict)
     val_data = R1Dataset(cfg.data.val_files, strict=cfg.data.strict) if cfg.data.val_files else None
     if cfg.ray.enabled:
-        import ray
-
-        if not ray.is_initialized():
-            ray.init(address=cfg.ray.address, num_cpus=cfg.ray.num_cpus, include_dashboard=False,
-                     log_to_driver=True)  # fmt: skip
+        init_ray(cfg.ray, log_to_driver=True)
     world = cfg.trainer.nnodes * cfg.trainer.n_gpus_per_node
     on_gpu = cfg.trainer.device == "cuda" or (cfg.trainer.device == "auto" and torch.cuda.is_available())
     total = cfg.trainer.total_training_steps or max(1, cfg.trainer.total_epochs * len(train_data)
@@ -132,9 +143,14 @@ def setup(cfg: JobConfig, resume: bool = False) -> GRPORun:
     if _needs_reference(cfg):
         # A frozen copy of the initial policy on the same ranks layout; its optimizer never steps.
         reference = LearnerGroup(learner_cfg, world, cfg.ray, num_gpus_per_rank=0.0)
-    rollout = Actor(RolloutWorker, cfg.model, cfg.rollout, cfg.data.max_prompt_length, cfg.trainer.seed,
-                    cfg.trainer.torch_num_threads, ray_enabled=cfg.ray.enabled, num_cpus=1,
-                    num_gpus=1.0 if on_gpu and cfg.rollout.name == "vllm" else 0.0)  # fmt: skip
+    if cfg.rollout.hybrid_engine:
+        learners.call("sync_rollout_model")  # rank 0's rollout module exists before the engine wraps it
+        rollout: Actor | Colocated = Colocated(learners, ColocatedRolloutWorker, cfg.rollout,
+                                               cfg.data.max_prompt_length)  # fmt: skip
+    else:
+        rollout = Actor(RolloutWorker, cfg.model, cfg.rollout, cfg.data.max_prompt_length, cfg.trainer.seed,
+                        cfg.trainer.torch_num_threads, ray_enabled=cfg.ray.enabled, num_cpus=1,
+                        num_gpus=1.0 if on_gpu and cfg.rollout.name == "vllm" else 0.0)  # fmt: skip
     reward = Actor(RewardWorker, cfg.reward, ray_enabled=cfg.ray.enabled, num_cpus=0)
     reward.call("register_targets", _targets(train_data, val_data))
     processor = _driver_processor(cfg)
@@ -180,6 +196,9 @@ def _validate(cfg: JobConfig) -> None:
         raise UserError(f"{world} learner ranks need Ray (ray.enabled=true) or torchrun")
     if cfg.actor.entropy_coeff != 0:
         raise UserError("actor.entropy_coeff != 0 is not supported yet (entropy is logged, not optimised)")
+    if cfg.rollout.hybrid_engine and cfg.rollout.name != "hf":
+        raise UserError(f"rollout.hybrid_engine=true colocates HF generate with the learner; rollout.name="
+                        f"{cfg.rollout.name} runs split: set rollout.hybrid_engine=false")  # fmt: skip
 
 
 def _needs_reference(cfg: JobConfig) -> bool:
@@ -202,11 +221,29 @@ def _driver_processor(cfg: JobConfig) -> Any:
 
 
 def _sync_weights(run: GRPORun) -> float:
-    """Phase 6: the learner's full weights to the rollout worker. Returns seconds."""
+    """Phase 6: the learner's weights to the rollout engine (module docstring, placement). Returns seconds."""
     t0 = time.perf_counter()
-    state = run.learners.call("state_dict_for_rollout")[0]
-    run.rollout.call("update_weights", state)
+    if run.cfg.rollout.hybrid_engine:
+        run.learners.call("sync_rollout_model")  # one fp32 rank: re-binds shared tensors, copies nothing
+    else:
+        state = run.learners.call("state_dict_for_rollout")[0]
+        run.rollout.call("update_weights", state)
     return time.perf_counter() - t0
+
+
+def _on_policy(cfg: JobConfig, n_groups: int) -> bool:
+    """Whether the update may use its own detached log-probs as the sampling policy's (phase 3 skipped).
+
+    True for one epoch over one mini-batch: the weights the update's forward sees are those that sampled
+    (they were synced before generation), so ``old = logp.detach()`` equals the recomputed value. A KL penalty in
+    the reward needs the old log-probs before the advantages, and ``actor.recompute_log_prob`` forces them.
+    """
+    return (
+        not cfg.actor.recompute_log_prob
+        and cfg.actor.ppo_epochs == 1
+        and n_groups <= cfg.actor.ppo_mini_batch_size
+        and not (cfg.algorithm.use_kl_in_reward and cfg.algorithm.kl_coef > 0)
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -310,7 +347,7 @@ def _logprobs(
     mbs = [build_micro_batches(batch, [order[k] for k in share], run.encoder, run.cfg.actor.ppo_micro_batch_size_per_device)
            for share in shares]  # fmt: skip
     want_entropy = entropy is not None
-    outs = group.call("forward_logprobs_batches", per_rank_args=[(m, want_entropy) for m in mbs])
+    outs = group.call("forward_logprobs_batches", per_rank_args=[(m, want_entropy, True) for m in mbs])
     result: list[torch.Tensor | None] = [None] * len(order)
     for share, rank_mbs, rank_out in zip(shares, mbs, outs, strict=True):
         if want_entropy:
@@ -361,11 +398,15 @@ def grpo_step(run: GRPORun) -> dict[str, float]:
                 "timing_s/step": time.perf_counter() - t_step}  # fmt: skip
 
     trainable = [k for k, r in enumerate(kept.rollouts) if r.token_ids]
+    # The sample table's renders run in the reward worker while the learner works (logged at the end).
+    table_rollouts = kept.rollouts[: cfg.trainer.log_train_generations]
+    table_renders = _submit_renders(run, table_rollouts)
 
-    # 3. log-probs of the sampling policy and of the reference
+    # 3. log-probs of the sampling policy (unless the update is on-policy) and of the reference
+    on_policy = _on_policy(cfg, len(kept.prompts))
     t0 = time.perf_counter()
     token_entropy: list[float] = []
-    old = _logprobs(run.learners, run, kept, trainable, entropy=token_entropy)
+    old = None if on_policy else _logprobs(run.learners, run, kept, trainable, entropy=token_entropy)
     timing["old_log_prob"] = time.perf_counter() - t0
     ref = None
     if run.reference is not None:
@@ -379,6 +420,7 @@ def grpo_step(run: GRPORun) -> dict[str, float]:
     rewards = scores.clone()
     kl_in_reward = None
     if cfg.algorithm.use_kl_in_reward and ref is not None:
+        assert old is not None  # _on_policy is False with a KL penalty in the reward
         kl_in_reward = torch.zeros(len(kept.rollouts))
         for k, idx in enumerate(trainable):
             kl_in_reward[idx] = kl_penalty(old[k], ref[k], cfg.algorithm.kl_penalty).sum()
@@ -396,6 +438,7 @@ def grpo_step(run: GRPORun) -> dict[str, float]:
     pos_of = {idx: k for k, idx in enumerate(trainable)}
     groups_per_mb = cfg.actor.ppo_mini_batch_size
     n_groups = len(kept.prompts)
+    loss = dataclasses.replace(run.loss, on_policy=on_policy)
     for epoch in range(cfg.actor.ppo_epochs):
         g_order = list(range(n_groups))
         if epoch > 0:
@@ -413,11 +456,12 @@ def grpo_step(run: GRPORun) -> dict[str, float]:
             for share in shares:
                 mbs = build_micro_batches(
                     kept, share, run.encoder, cfg.actor.ppo_micro_batch_size_per_device,
-                    old_logprobs=[old[pos_of[i]] for i in share],
+                    old_logprobs=[old[pos_of[i]] for i in share] if old is not None else None,
                     ref_logprobs=[ref[pos_of[i]] for i in share] if ref is not None else None,
                 )  # fmt: skip
-                per_rank.append((mbs, run.loss, normalizer))
-            out = run.learners.call("train_step", per_rank_args=per_rank)[0]
+                per_rank.append((mbs, loss, normalizer))
+            # On-policy: entropy of the sampling policy from this (pre-update) forward, phase 3 having been skipped.
+            out = run.learners.call("train_step", per_rank_args=per_rank, with_entropy=on_policy)[0]
             grad_norms.append(out["grad_norm"])
             lrs.append(out["lr"])
             skipped += int(out["skipped"])
@@ -427,15 +471,15 @@ def grpo_step(run: GRPORun) -> dict[str, float]:
     timing["update_actor"] = time.perf_counter() - t0
     run.skipped_in_a_row = run.skipped_in_a_row + 1 if skipped else 0
 
-    # 6. weights to the rollout worker
+    # 6. weights to the rollout engine
     timing["update_weights"] = _sync_weights(run)
     timing["step"] = time.perf_counter() - t_step
-    _log_generations(run, "train/generations", kept.rollouts[: cfg.trainer.log_train_generations], run.train_data,
-                     step + 1)  # fmt: skip
+    _log_generations(run, "train/generations", table_rollouts, run.train_data, step + 1, table_renders)
     metrics = _step_metrics(run, kept, scores, rewards, adv, update_stats, grad_norms, lrs, skipped, filtered,
                             rounds, timing, kl_in_reward)  # fmt: skip
+    metrics["actor/old_log_prob_recomputed"] = float(not on_policy)
     if token_entropy:
-        # Of the sampling policy, per response token.
+        # Of the sampling policy, per response token (on-policy: actor/entropy came with the update's stats).
         metrics["actor/entropy"] = statistics.fmean(token_entropy)
     return metrics
 
@@ -511,12 +555,26 @@ def validate(run: GRPORun) -> dict[str, float]:
     return m
 
 
-def _log_generations(run: GRPORun, name: str, rollouts: list[Rollout], data: R1Dataset, step: int) -> None:
-    """A table of samples: the target image next to the rollout's render (drawn in the sandbox), score, text."""
+def _submit_renders(run: GRPORun, rollouts: list[Rollout]) -> list[Any]:
+    """Starts the sandbox renders of the rollouts whose code ran (futures; None for the others)."""
+    return [run.reward.submit("render", r.text) if r.status == "ok" else None for r in rollouts]
+
+
+def _log_generations(
+    run: GRPORun,
+    name: str,
+    rollouts: list[Rollout],
+    data: R1Dataset,
+    step: int,
+    renders: list[Any] | None = None,
+) -> None:
+    """A table of samples: the target image next to the rollout's render (drawn in the sandbox), score, text.
+    ``renders``: from :func:`_submit_renders` when they were started earlier (they overlap the update)."""
     rows = []
-    for r in rollouts:
+    futures = renders if renders is not None else _submit_renders(run, rollouts)
+    for r, future in zip(rollouts, futures, strict=True):
         item = data[r.item_index]
-        render = run.reward.call("render", r.text) if r.status == "ok" else None
+        render = future.result() if future is not None else None
         rows.append([item.item_id, item.target_png, render, r.score, r.status, r.text[-2000:]])
     if rows:
         run.tracker.log_table(name, ["item", "target", "render", "score", "status", "completion"], rows, step)

@@ -13,6 +13,9 @@ Two ways to use it:
       weights = group.call("state_dict_for_rollout")[0]    # rank 0 holds the full weights
       group.shutdown()
 
+- put an object beside rank 0's learner (a colocated rollout engine, built as ``cls(learner, *args)``) and call
+  it asynchronously: ``group.attach(cls, *args)``, ``group.submit_attached("generate", ...)`` -> a future.
+
 Every actor gets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` (rank 0's node) and ``MASTER_PORT``
 before it builds anything, so :func:`~codepercept_rl.learner.dist.init_distributed` joins the same group as
 under torchrun. With ``ray.enabled=false`` ranks are local processes (``torch.multiprocessing`` spawn) for
@@ -21,6 +24,7 @@ under torchrun. With ``ray.enabled=false`` ranks are local processes (``torch.mu
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -30,7 +34,7 @@ import torch.multiprocessing as mp
 from codepercept_rl.config.schema import RayConfig
 from codepercept_rl.learner.dist import free_port
 
-__all__ = ["RankWorker", "LearnerGroup", "run_on_ranks"]
+__all__ = ["RankWorker", "LearnerGroup", "init_ray", "run_on_ranks"]
 
 
 def _rank_env(rank: int, world_size: int, addr: str, port: int) -> dict[str, str]:
@@ -49,6 +53,7 @@ class RankWorker:
         if env:
             os.environ.update(env)
         self.learner: Any = None
+        self.attached: Any = None
 
     def node_address(self) -> tuple[str, int]:
         """This actor's node IP and a free port on it (rank 0's become MASTER_ADDR / MASTER_PORT)."""
@@ -77,12 +82,36 @@ class RankWorker:
             raise RuntimeError("build_learner first")
         return getattr(self.learner, method)(*args, **kwargs)
 
+    def attach(self, cls: type, *args: Any) -> None:
+        """Builds ``cls(learner, *args)`` in this process, beside the learner (a colocated rollout engine)."""
+        if self.learner is None:
+            raise RuntimeError("build_learner first")
+        self.attached = cls(self.learner, *args)
+
+    def call_attached(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """Calls ``<attached object>.<method>(*args, **kwargs)``."""
+        if self.attached is None:
+            raise RuntimeError("attach first")
+        return getattr(self.attached, method)(*args, **kwargs)
+
+
+def init_ray(ray_cfg: RayConfig, **kwargs: Any) -> None:
+    """Starts or joins Ray as ``ray_cfg`` says, unless this process already did (``kwargs`` go to ``ray.init``).
+
+    ``ray.address`` None starts a fresh local Ray (or joins ``RAY_ADDRESS`` when set, as under ``ray job
+    submit``); a bare ``ray.init()`` would instead join any Ray another process on this machine started.
+    """
+    import ray
+
+    if not ray.is_initialized():
+        address = ray_cfg.address or os.environ.get("RAY_ADDRESS") or "local"
+        ray.init(address=address, num_cpus=ray_cfg.num_cpus, include_dashboard=False, **kwargs)
+
 
 def _ray_workers(world_size: int, ray_cfg: RayConfig, num_gpus: float) -> list[Any]:
     import ray
 
-    if not ray.is_initialized():
-        ray.init(address=ray_cfg.address, num_cpus=ray_cfg.num_cpus, include_dashboard=False)
+    init_ray(ray_cfg)
     actor_cls = ray.remote(num_cpus=1, num_gpus=num_gpus)(RankWorker)
     workers = [actor_cls.remote() for _ in range(world_size)]
     addr, port = ray.get(workers[0].node_address.remote())
@@ -144,6 +173,7 @@ class LearnerGroup:
     def __init__(self, cfg: Any, world_size: int, ray_cfg: RayConfig, num_gpus_per_rank: float = 0.0) -> None:
         self.world_size = world_size
         self._ray = ray_cfg.enabled
+        self._attached_pool: concurrent.futures.ThreadPoolExecutor | None = None
         if not self._ray:
             if world_size != 1:
                 raise ValueError(
@@ -176,8 +206,34 @@ class LearnerGroup:
             [w.call.remote(method, *a, **kwargs) for w, a in zip(self._workers, args, strict=True)]
         )
 
+    def attach(self, cls: type, *args: Any) -> None:
+        """Builds ``cls(rank 0's learner, *args)`` inside rank 0's process (see :meth:`submit_attached`)."""
+        if self._ray:
+            import ray
+
+            ray.get(self._workers[0].attach.remote(cls, *args))
+        else:
+            self._workers[0].attach(cls, *args)
+            # One thread, like an actor's mailbox: the driver keeps going while rank 0 works.
+            self._attached_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=cls.__name__)
+
+    def submit_attached(self, method: str, *args: Any, **kwargs: Any) -> concurrent.futures.Future:
+        """Calls a method of the object :meth:`attach` built, asynchronously; the future holds its result.
+
+        With Ray the call queues behind rank 0's other calls (one mailbox); in-process it runs on a worker
+        thread, so the caller must not drive the learner until the future is done.
+        """
+        if self._ray:
+            return self._workers[0].call_attached.remote(method, *args, **kwargs).future()
+        if self._attached_pool is None:
+            raise RuntimeError("attach first")
+        return self._attached_pool.submit(self._workers[0].call_attached, method, *args, **kwargs)
+
     def shutdown(self) -> None:
         """Stops the actors (their process groups go with them)."""
+        if self._attached_pool is not None:
+            self._attached_pool.shutdown(wait=True)
+            self._attached_pool = None
         if self._ray:
             import ray
 

@@ -54,7 +54,8 @@ log = logging.getLogger(__name__)
 __all__ = ["LearnerConfig", "Learner", "LossFn", "load_policy", "sft_loss"]
 
 # loss_fn(logprobs (B, T), micro_batch) -> scalar tensor: the SUM of per-token losses of this micro-batch;
-# or (loss, {name: scalar tensor}) to also report statistics, summed over micro-batches and ranks.
+# or (loss, {name: scalar tensor}) to also report statistics, summed over micro-batches and ranks. Log-probs are
+# computed from the first column holding a loss_mask token on; the columns before it are 0.
 LossFn = Callable[[torch.Tensor, MicroBatch], "torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]"]
 
 
@@ -188,24 +189,38 @@ class Learner:
         """
         return self._forward(mb, with_entropy=False)[0]
 
-    def _forward(self, mb: MicroBatch, with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _forward(
+        self, mb: MicroBatch, with_entropy: bool, loss_positions_only: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         mb = mb.to(self.dist.device)
-        logits = self.model(**mb.model_inputs(), use_cache=False).logits  # (B, T, V)
+        B, T = mb.input_ids.shape
+        first = 1  # the first token whose log-prob is computed
+        if loss_positions_only:
+            # Logits only where a loss token is predicted (TRL's logits_to_keep): an RL prompt (image tokens
+            # included) is often longer than its answer, and (B, T, V) fp32 logits are the largest activation.
+            columns = mb.loss_mask.any(0).nonzero()
+            first = max(1, int(columns[0])) if len(columns) else 1
+        logits = self.model(**mb.model_inputs(), use_cache=False, logits_to_keep=T - first + 1).logits
         # fp32 log-softmax: bf16 logits lose the small probabilities GRPO ratios depend on.
-        shifted = logits[:, :-1].float()  # (B, T-1, V): position t predicts token t+1
-        nll = F.cross_entropy(shifted.flatten(0, 1), mb.input_ids[:, 1:].flatten(), reduction="none").view(
-            mb.input_ids.shape[0], -1
-        )  # (B, T-1)
+        shifted = logits[:, :-1].float()  # (B, T-first, V): position t predicts token t+1
+        nll = F.cross_entropy(
+            shifted.flatten(0, 1), mb.input_ids[:, first:].flatten(), reduction="none"
+        ).view(B, -1)  # (B, T-first)
         entropy = None
         if with_entropy:
             # H = logsumexp(z) - sum softmax(z) z, aligned like the log-probs (entropy of the distribution
-            # token t was drawn from).
-            ent = torch.logsumexp(shifted, -1) - (torch.softmax(shifted, -1) * shifted).sum(-1)
-            entropy = F.pad(ent, (1, 0))
-        return F.pad(-nll, (1, 0)), entropy  # (B, T)
+            # token t was drawn from). A statistic: no graph, even inside train_step.
+            with torch.no_grad():
+                z = shifted.detach()
+                entropy = F.pad(torch.logsumexp(z, -1) - (torch.softmax(z, -1) * z).sum(-1), (first, 0))
+        return F.pad(-nll, (first, 0)), entropy  # (B, T)
 
     def train_step(
-        self, micro_batches: Sequence[MicroBatch], loss_fn: LossFn, normalizer: float
+        self,
+        micro_batches: Sequence[MicroBatch],
+        loss_fn: LossFn,
+        normalizer: float,
+        with_entropy: bool = False,
     ) -> dict[str, float]:
         """One optimizer step over this rank's micro-batches (gradient accumulation), every rank together.
 
@@ -213,6 +228,8 @@ class Learner:
             micro_batches: this rank's share of the global batch, at least one.
             loss_fn: per-micro-batch loss sum (see :data:`LossFn`).
             normalizer: the global divisor (e.g. target tokens of the whole global batch, all ranks).
+            with_entropy: also report ``stats/entropy``, the sum over ``loss_mask`` tokens of the entropy of the
+                next-token distribution (from this step's forward, before the update; no gradient).
 
         Returns:
             ``loss`` (global sum / normalizer), ``grad_norm`` (before clipping), ``lr`` (used by this step),
@@ -235,8 +252,11 @@ class Learner:
         stat_sums: dict[str, torch.Tensor] = {}
         for mb, weight in self._aligned(micro_batches):
             mb = mb.to(self.dist.device)
-            out = loss_fn(self.forward_logprobs(mb), mb)
+            logprobs, entropy = self._forward(mb, with_entropy, loss_positions_only=True)
+            out = loss_fn(logprobs, mb)
             loss, stats = out if isinstance(out, tuple) else (out, {})
+            if entropy is not None:
+                stats = {**stats, "entropy": (entropy * mb.loss_mask).sum()}
             loss = loss * weight
             (loss * scale).backward()
             loss_sum += loss.detach().double().cpu()
@@ -261,18 +281,22 @@ class Learner:
 
     @torch.no_grad()
     def forward_logprobs_batches(
-        self, micro_batches: Sequence[MicroBatch], with_entropy: bool = False
+        self,
+        micro_batches: Sequence[MicroBatch],
+        with_entropy: bool = False,
+        loss_positions_only: bool = False,
     ) -> list[torch.Tensor] | list[tuple[torch.Tensor, torch.Tensor]]:
         """:meth:`forward_logprobs` of each micro-batch without gradient, on CPU (GRPO's old and reference
         log-probs); with ``with_entropy`` also the (B, T) entropy of each next-token distribution, as
-        ``(logprobs, entropy)`` pairs. Ranks may hold different numbers of micro-batches (padded for FSDP's
+        ``(logprobs, entropy)`` pairs; with ``loss_positions_only`` the columns before the first ``loss_mask``
+        token are not computed (0). Ranks may hold different numbers of micro-batches (padded for FSDP's
         collectives)."""
         was_training = self.model.training
         self.model.eval()
         try:
             outs = []
             for mb, _ in self._aligned(micro_batches):
-                lp, ent = self._forward(mb, with_entropy)
+                lp, ent = self._forward(mb, with_entropy, loss_positions_only)
                 outs.append((lp.cpu(), ent.cpu()) if with_entropy else lp.cpu())
         finally:
             self.model.train(was_training)
@@ -323,29 +347,86 @@ class Learner:
 
         Other ranks get an empty dict (gathering to one rank keeps peak memory at one copy of the model).
         """
-        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        state = get_model_state_dict(self.model, options=options)
+        state = self._full_state()
         if self.dist.world_size == 1:
             # One CPU rank: the "gathered" tensors are the live parameters; copy so the caller gets a snapshot.
             state = {k: v.detach().clone() for k, v in state.items()}
         return state
 
-    def rollout_model(self) -> PreTrainedModel | None:
-        """A plain (unsharded, eval-mode) copy of the current policy on rank 0's device for ``generate``;
-        None on other ranks. Every rank must call it. The copy is built once and refreshed in place."""
-        state = self.state_dict_for_rollout()
+    def _full_state(self) -> dict[str, torch.Tensor]:
+        # On one CPU rank the tensors are the live parameters (no copy): read them, do not keep them.
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        return get_model_state_dict(self.model, options=options)
+
+    @property
+    def shares_rollout_parameters(self) -> bool:
+        """True when the rollout module is a view of this learner's parameters (one rank, fp32 compute): a
+        rank's FSDP2 shard is a plain tensor, and with one rank the shard is the whole parameter."""
+        return self.dist.world_size == 1 and self.cfg.model.dtype == "float32"
+
+    def sync_rollout_model(self) -> int:
+        """Brings rank 0's rollout module (:attr:`rollout_module`) up to date with the policy; every rank must
+        call it. Returns the bytes copied into it: 0 when it shares the learner's parameter storage.
+
+        Shared (:attr:`shares_rollout_parameters`): the module's parameters are re-bound to the learner's
+        current shard tensors (the optimizer updates them in place, so nothing moves; re-binding covers a
+        checkpoint load that replaced them). Otherwise the full weights are gathered to rank 0 and copied
+        (and cast to the compute dtype) into a plain module on its device.
+        """
+        if self.shares_rollout_parameters:
+            if self._rollout_model is None:
+                self._rollout_model = self._plain_model(torch.float32, device=torch.device("meta"))
+            self._bind_shared_parameters(self._rollout_model)
+            return 0
+        state = self._full_state()
         if not self.dist.is_main:
-            return None
+            return 0
         if self._rollout_model is None:
             # On this rank's device in the compute dtype: generation on a GPU node must not fall back to CPU.
             dtype = torch.bfloat16 if self.cfg.model.dtype == "bfloat16" else torch.float32
+            self._rollout_model = self._plain_model(dtype, device=self.dist.device)
+        # Copies (and casts) into the existing tensors.
+        self._rollout_model.load_state_dict(state, strict=True)
+        return sum(t.numel() * t.element_size() for t in state.values())
+
+    @property
+    def rollout_module(self) -> PreTrainedModel | None:
+        """The plain (unsharded) policy module for ``generate`` as of the last :meth:`sync_rollout_model`, on
+        rank 0; None before the first sync and on other ranks."""
+        return self._rollout_model
+
+    def rollout_model(self) -> PreTrainedModel | None:
+        """:meth:`sync_rollout_model`, then the rollout module in eval mode (rank 0) or None (other ranks).
+        Every rank must call it. The module is built once; on one fp32 rank it shares the learner's
+        parameters (no copy), otherwise it is a copy refreshed in place."""
+        self.sync_rollout_model()
+        return self._rollout_model.eval() if self._rollout_model is not None and self.dist.is_main else None
+
+    def _plain_model(self, dtype: torch.dtype, device: torch.device) -> PreTrainedModel:
+        with device:
             model = self._model_cls._from_config(self.config, dtype=dtype)
-            model.generation_config = self.generation_config
-            self._rollout_model = model.to(self.dist.device)
-        self._rollout_model.load_state_dict(
-            state, strict=True
-        )  # copies (and casts) into the existing tensors
-        return self._rollout_model.eval()
+        model.generation_config = self.generation_config
+        return model.eval()
+
+    @torch.no_grad()
+    def _bind_shared_parameters(self, module: PreTrainedModel) -> None:
+        """Points every parameter and buffer of ``module`` at this learner's (same names; tied weights stay
+        tied: one shared tensor per learner parameter)."""
+        views: dict[int, torch.nn.Parameter] = {}
+        for name, _ in module.named_parameters(remove_duplicate=False):
+            source = self.model.get_parameter(name)
+            if id(source) not in views:
+                local = source.to_local() if isinstance(source, torch.distributed.tensor.DTensor) else source
+                views[id(source)] = torch.nn.Parameter(local.detach(), requires_grad=False)
+            owner, _, attr = name.rpartition(".")
+            setattr(module.get_submodule(owner), attr, views[id(source)])
+        for name, buffer in self.model.named_buffers(remove_duplicate=False):
+            owner_name, _, attr = name.rpartition(".")
+            owner = module.get_submodule(owner_name)
+            owner.register_buffer(attr, buffer, persistent=attr not in owner._non_persistent_buffers_set)
+        stale = [n for n, t in (*module.named_parameters(), *module.named_buffers()) if t.is_meta]
+        if stale:
+            raise RuntimeError(f"rollout module: no learner tensor for {stale[:3]}")
 
     def save_checkpoint(
         self, root: str | Path, extra: dict[str, Any] | None = None, keep: int | None = 2

@@ -20,7 +20,10 @@ def test_grpo_actors_spread_over_two_nodes(r1_files, tmp_path):
     cluster.wait_for_nodes()
     ray.init(address=cluster.address)
     try:
-        cfg = ray_config(r1_files, tmp_path, "cluster", f"ray.address={cluster.address}")
+        # Split placement: the rollout worker is an actor of its own (colocated, it lives in the learner rank).
+        cfg = ray_config(
+            r1_files, tmp_path, "cluster", f"ray.address={cluster.address}", "rollout.hybrid_engine=false"
+        )
         run = setup(cfg)
         try:
             metrics = grpo_step(run)
@@ -37,3 +40,32 @@ def test_grpo_actors_spread_over_two_nodes(r1_files, tmp_path):
     finally:
         ray.shutdown()
         cluster.shutdown()
+
+
+@pytest.mark.timeout(600)
+def test_colocated_rollout_with_two_learner_ranks_uses_gathered_weights(r1_files, tmp_path):
+    # Colocated with two ranks: rank 0 generates with a plain module the ranks refresh by gathering the shards
+    # after every update. One rank generates with the learner's own tensors; both must sample the same.
+    runs = {}
+    try:
+        for ranks in (1, 2):
+            cfg = ray_config(r1_files, tmp_path, f"ranks{ranks}", "ray.num_cpus=2", "rollout.hybrid_engine=true",
+                             f"trainer.n_gpus_per_node={ranks}", "actor.ppo_mini_batch_size=2")  # fmt: skip
+            run = setup(cfg)
+            try:
+                steps = []
+                for _ in range(2):
+                    steps.append(grpo_step(run))
+                    run.step += 1
+            finally:
+                cleanup(run)
+            runs[ranks] = steps
+    finally:
+        ray.shutdown()
+    one, two = runs[1], runs[2]
+    # Step 2 samples with the weights step 1 wrote: had rank 0 kept the initial ones, its samples would differ.
+    for step in (0, 1):
+        for key in ("critic/score/mean", "critic/score/max", "reward/digits/mean", "response_length/mean"):
+            assert two[step][key] == one[step][key], (step, key)
+        # The update itself: the same gradient, summed over two ranks instead of one.
+        assert two[step]["actor/grad_norm"] == pytest.approx(one[step]["actor/grad_norm"], rel=1e-4)

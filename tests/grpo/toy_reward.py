@@ -17,3 +17,11 @@ def digit_share(samples, backend):
     return RewardOutput(
         scores, components={"digits": digits, "render": render}, statuses=[r.status for r in results]
     )
+
+
+def overflowing(samples, backend):
+    """A broken reward (tests only): finite scores so large (up to 3e38, near float32's limit) that, without std
+    normalisation, the policy loss overflows and its gradient is not finite. Scores differ within a group (they
+    depend on the completion's characters), so every step has a non-zero advantage."""
+    scores = [3e38 * (sum(map(ord, s.completion)) % 97) / 96 for s in samples]
+    return RewardOutput(scores, statuses=["ok"] * len(samples))

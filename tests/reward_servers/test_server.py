@@ -9,10 +9,8 @@ import base64
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -23,6 +21,7 @@ from reward_servers.pool import RewardPool
 from reward_servers.sandbox import RenderResult, SandboxConfig
 from reward_servers.scoring import decode_png
 from reward_servers.server import BackgroundServer, create_app, is_loopback
+from tests.service import served
 
 REPO = Path(__file__).resolve().parents[2]
 PLOT = "import matplotlib.pyplot as plt\nplt.plot([0, 1, 2], [0, 1, 0], color='red')\nplt.title('peak')\n"
@@ -166,47 +165,15 @@ def test_is_loopback() -> None:
     assert not is_loopback("0.0.0.0") and not is_loopback("10.1.2.3") and not is_loopback("example.org")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_cli_main_serves_and_stops_on_sigterm() -> None:
-    port = _free_port()
-    cmd = [
-        sys.executable,
-        "-m",
-        "reward_servers.server",
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-        "--timeout-s",
-        "5",
-    ]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, proc.stdout.read()
-            try:
-                if httpx.get(url + "/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass  # not listening yet
-            assert time.monotonic() < deadline, "server did not come up in 60 s"
-            time.sleep(0.2)
+    with served("reward_servers.server", "--workers", "1", "--timeout-s", "5", timeout_s=60) as (url, proc):
         r = httpx.post(url + "/v1/render", json={"code": PLOT}, timeout=60)
         assert r.json()["status"] == "ok"
         r = httpx.post(
             url + "/v1/score", json={"items": [{"code": PLOT, "target_png_b64": r.json()["images_b64"][0]}]}
         )
         assert r.json()["results"][0]["status"] == "ok"
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=30)
+    out = proc.output
     assert proc.returncode == 0, out
     assert "reward server stopped by signal" in out
     assert "WARNING" not in out  # loopback: no non-loopback banner

@@ -20,6 +20,7 @@ from codepercept_rl.rewards.adapters.trl import TRLReward
 from reward_servers.pool import RewardPool
 from reward_servers.server import BackgroundServer, create_app
 from tests.rewards.conftest import REF, WRONG, fence
+from tests.service import served
 
 
 @pytest.fixture(scope="module")
@@ -253,36 +254,10 @@ def test_openrlhf_remote_reward_contract(pool: RewardPool, target_file: Path) ->
 
 def test_openrlhf_server_main_in_its_own_process(tmp_path: Path) -> None:
     """``main(argv)`` as OpenRLHF users run it: a separate process with its own sandbox pool, real HTTP."""
-    import socket
-    import subprocess
-    import sys
-    import time
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    cmd = [sys.executable, "-m", "codepercept_rl.rewards.adapters.openrlhf", "--port", str(port)]
-    cmd += ["--workers", "1", "--reward", "render_similarity", "--weight", "format=0.5"]
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=Path(__file__).parents[2]
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-            try:
-                if httpx.get(url + "/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "server did not come up"
-            time.sleep(0.3)
+    args = ["--workers", "1", "--reward", "render_similarity", "--weight", "format=0.5"]
+    with served("codepercept_rl.rewards.adapters.openrlhf", *args) as (url, _):
         body = {"query": ["Q: " + fence(REF), "Q: nothing"], "prompts": ["Q: ", "Q: "], "labels": [REF, REF]}
         data = httpx.post(url + "/get_reward", json=body, timeout=60).json()
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
     assert data["rewards"][0] == pytest.approx(1.4, abs=0.02)  # weights: format 0.5 + the default 0.9 rest
     assert data["rewards"][1] == 0.0 and data["extra_logs"]["scored"] == [1.0, 1.0]
 

@@ -1,0 +1,523 @@
+"""``codepercept-rl quickstart --out DIR``: the whole idea on one CPU machine — data -> S1 -> R1 -> evaluation.
+
+    make quickstart                                # set-up + this job into runs/quickstart
+    codepercept-rl quickstart --out runs/quickstart [--num 600] [--s1-epochs 10] [--r1-steps 60] [--samples 8]
+
+Stages, each an ordinary job of this project run with its recipe and overrides (rerunning the command
+resumes: a stage whose output exists is skipped, a half-done S1 / R1 run resumes from its checkpoint):
+
+1. ``data``: ``shapes`` and ``bars`` programs rendered in the sandbox, code-grounded captions, splits without
+   near-duplicate leakage, exported as S1 JSONL and R1 parquet (``DIR/data``);
+2. ``s1``: SFT of a tiny Qwen2.5-VL built offline from scratch (``recipes/s1_tiny_cpu.yaml``, ``DIR/runs/s1``);
+3. ``r1``: GRPO from the S1 model through Ray actors and the sandboxed reward pool
+   (``recipes/r1_tiny_cpu.yaml``, ``DIR/runs/r1``);
+4. ``eval``: the untrained model, S1 and R1 on the held-out test split with ``codepercept-rl eval``, greedy
+   (``DIR/eval/<stage>``: STEM2Code-style results, report, HTML gallery) and ``--samples`` more times sampled
+   as R1's rollouts are (temperature 1.0, top-p 1.0; ``DIR/eval/<stage>-sampled/<k>``);
+5. ``report``: every held-out answer is scored again with R1's own reward (the reward section of the R1 run's
+   config: the paper's ``codepercept`` reward in the tiny recipe). Per stage: exec rate, mean reward with a
+   bootstrap 95% CI over items and the mean of each reward component; the paired R1 - S1 difference with its
+   paired bootstrap CI. The headline protocol is avg@k — per item, the mean reward of the k sampled answers,
+   i.e. the held-out value of the objective GRPO maximises (verl validates with sampling the same way); the
+   greedy protocol is reported next to it under ``greedy``. The untrained model gets one sampled pass (it
+   writes no code; more passes would only cost time). Written to ``DIR/report.json`` (schema below),
+   ``DIR/report.md``, ``DIR/gallery.html`` (target | base | S1 | R1 greedy renders per held-out item) and
+   training curves under ``DIR/plots``.
+
+``report.json``::
+
+    {"stages": {"base" | "s1" | "r1": {"exec_rate": f, "reward_mean": f, "reward_ci95": [lo, hi],
+                                       "components": {name: mean}}},
+     "r1_minus_s1": {"reward_mean": f, "ci95": [lo, hi]},
+     "seconds": f,
+     "greedy": {"stages": {...}, "r1_minus_s1": {...}},      # the same, greedy answers
+     "details": {...}}   # protocol, reward, wins/ties/losses, STEM2Code scores, item counts, stage seconds, settings
+
+Tracking: every stage logs ``metrics.jsonl`` in its run directory and, unless ``--no-wandb``, to W&B (offline
+without ``WANDB_API_KEY``), all in one W&B group named after ``DIR`` with job types ``sft``, ``grpo`` and
+``eval``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from codepercept_rl.errors import UserError
+from codepercept_rl.utils.io import atomic_write_json, atomic_write_text
+
+log = logging.getLogger("codepercept_rl.quickstart")
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"
+STAGES = ("base", "s1", "r1")
+N_BOOT = 2000
+
+
+def _stage_data(out: Path, args: argparse.Namespace) -> Path:
+    from data_tools.build import BuildSpec, build
+    from data_tools.exports import export
+
+    data = out / "data"
+    if (data / "exports" / "r1" / "train.parquet").is_file() and (
+        data / "exports" / "s1" / "test.jsonl"
+    ).is_file():
+        log.info("data: %s exists, skipped", data)
+        return data
+    summary = build(
+        BuildSpec(families=list(args.families), num=args.num, seed=args.seed), data, workers=args.workers
+    )
+    log.info("data: %d items rendered in %.1fs", summary.rendered, summary.seconds)
+    export(
+        data, ["r1", "s1"], seed=args.seed, val_fraction=args.val_fraction, test_fraction=args.test_fraction
+    )
+    return data
+
+
+def _tracking(args: argparse.Namespace) -> list[str]:
+    backends = "[console,jsonl,wandb]" if args.wandb else "[console,jsonl]"
+    return [f"tracking.backends={backends}", f"tracking.wandb_group={args.group}"]
+
+
+def _stage_s1(out: Path, data: Path, args: argparse.Namespace) -> Path:
+    from codepercept_rl.jobs import sft
+
+    hf = out / "runs" / "s1" / "hf"
+    if (hf / "config.json").is_file():
+        log.info("s1: %s exists, skipped", hf)
+        return hf
+    s1 = data / "exports" / "s1"
+    sft.main([
+        str(RECIPES / "s1_tiny_cpu.yaml"),
+        f"trainer.default_local_dir={out / 'runs'}",
+        "trainer.experiment_name=s1",
+        f"trainer.total_epochs={args.s1_epochs}",
+        "trainer.test_freq=220",  # validation (loss + sandboxed generation check) and checkpoints: a few per run
+        "trainer.save_freq=220",
+        f"trainer.seed={args.seed}",
+        f"model.tiny_preset={args.preset}",
+        f"data.train_files=[{s1 / 'train.jsonl'}]",
+        f"data.val_files=[{s1 / 'validation.jsonl'}]",
+        "ray.enabled=false",
+        *_tracking(args),
+        *args.s1_override,
+    ])  # fmt: skip
+    if not (hf / "config.json").is_file():
+        raise UserError(f"S1 finished without exporting a model to {hf}")
+    return hf
+
+
+def _stage_r1(out: Path, data: Path, s1: Path, args: argparse.Namespace) -> Path:
+    from codepercept_rl.jobs import train
+
+    hf = out / "runs" / "r1" / "hf"
+    if (hf / "config.json").is_file():
+        log.info("r1: %s exists, skipped", hf)
+        return hf
+    r1 = data / "exports" / "r1"
+    train.main([
+        str(RECIPES / "r1_tiny_cpu.yaml"),
+        f"trainer.default_local_dir={out / 'runs'}",
+        "trainer.experiment_name=r1",
+        f"trainer.total_training_steps={args.r1_steps}",
+        f"trainer.test_freq={max(1, args.r1_steps // 2)}",  # validate at 0, half-way and the end
+        f"trainer.seed={args.seed}",
+        f"model.path={s1}",
+        f"data.train_files=[{r1 / 'train.parquet'}]",
+        f"data.val_files=[{r1 / 'validation.parquet'}]",
+        *_tracking(args),
+        *args.r1_override,
+    ])  # fmt: skip
+    if not (hf / "config.json").is_file():
+        raise UserError(f"R1 finished without exporting a model to {hf}")
+    return hf
+
+
+def _base_model(out: Path, args: argparse.Namespace) -> Path:
+    from codepercept_rl.models import build_tiny_model
+
+    path = out / "runs" / "base"
+    if not (path / "config.json").is_file():
+        build_tiny_model("qwen2_5_vl", preset=args.preset, out_dir=str(path), seed=args.seed)
+    return path
+
+
+def _stage_eval(
+    out: Path, data: Path, name: str, model: Path, args: argparse.Namespace, sample: int | None = None
+) -> Path:
+    """One ``codepercept-rl eval`` of a stage: greedy (``sample=None``, ``DIR/eval/<stage>``) or the ``sample``-th
+    sampled pass at R1's rollout temperature (``DIR/eval/<stage>-sampled/<sample>``, its own seed)."""
+    from codepercept_rl.jobs import eval as eval_job
+    from data_tools.prompts import S1_CODE_PROMPT
+
+    dest = out / "eval" / name if sample is None else out / "eval" / f"{name}-sampled" / str(sample)
+    seed = args.seed if sample is None else args.seed + 1000 * (sample + 1)
+    # The exact question the models were trained on; its <image> tag places the image as in training.
+    argv = ["--model", str(model), "--bench", str(data / "exports" / "s1" / "test.jsonl"), "--out", str(dest),
+            "--max-tokens", str(args.max_tokens), "--prompt", S1_CODE_PROMPT, "--workers", str(args.workers),
+            "--n-boot", str(N_BOOT), "--seed", str(seed)]  # fmt: skip
+    if sample is not None:
+        argv += ["--temperature", str(args.sample_temperature), "--top-p", str(args.sample_top_p)]
+    elif args.wandb:
+        argv += ["--wandb", "--wandb-group", args.group]
+    if eval_job.main(argv) != 0:
+        raise UserError(f"eval of {name} ({model}) failed; see {dest}")
+    return dest
+
+
+# ------------------------------------------------------------------------------------------------ report
+def _reward_scores(eval_dir: Path, bench: Path, reward: Any, backend: Any) -> dict[str, dict[str, Any]]:
+    """Scores each held-out answer of one eval run with R1's reward: {item id: {score, components, status}}.
+
+    The answer is the generation the eval recorded; the target the reference image it compared with and the
+    bench item's reference code. The code runs in the reward backend's sandboxes (never here).
+    """
+    from codepercept_rl.eval.bench import load_bench
+    from codepercept_rl.eval.results import read_results
+    from codepercept_rl.rewards import RewardSample, compute_rewards
+
+    references = {item.id: item.reference_code for item in load_bench(bench)}
+    records = [r for r in read_results(eval_dir).values() if r.get("files", {}).get("reference")]
+    records.sort(key=lambda r: r.get("index", 1 << 30))
+    samples = [
+        RewardSample(
+            completion=(r.get("generation") or {}).get("text") or "",
+            target_png=(eval_dir / r["files"]["reference"]).read_bytes(),
+            reference_code=references.get(r["id"]),
+        )
+        for r in records
+    ]
+    output = compute_rewards(reward, samples, backend)
+    scored: dict[str, dict[str, Any]] = {}
+    for i, r in enumerate(records):
+        scored[r["id"]] = {
+            "score": output.scores[i],
+            "status": output.statuses[i] if output.statuses else None,
+            "components": {k: v[i] for k, v in output.components.items()},
+        }
+    return scored
+
+
+def _average(runs: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Per item, the mean score and components over several sampled answers (avg@k); status of the first."""
+    if len(runs) == 1:
+        return runs[0]
+    out: dict[str, dict[str, Any]] = {}
+    for item in runs[0]:
+        rows = [r[item] for r in runs if item in r]
+        names = {k for row in rows for k in row["components"]}
+        out[item] = {
+            "score": _mean([row["score"] if row["score"] is not None else 0.0 for row in rows]),
+            "status": rows[0]["status"],
+            "components": {
+                k: _mean(vals)
+                if (vals := [v for row in rows if (v := row["components"].get(k)) is not None])
+                else None
+                for k in names
+            },
+        }
+    return out
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values) if values else float("nan")
+
+
+def _stage_row(scored: dict[str, dict[str, Any]], seed: int) -> dict[str, Any]:
+    from codepercept_rl.eval.stats import bootstrap_mean_ci
+
+    # A sample the reward could not score (the backend refused it) counts as 0, like a failed render.
+    scores = [s["score"] if s["score"] is not None else 0.0 for s in scored.values()]
+    names = sorted({k for s in scored.values() for k in s["components"]})
+    components = {
+        k: _mean([v for s in scored.values() if (v := s["components"].get(k)) is not None]) for k in names
+    }
+    ci = bootstrap_mean_ci(scores, n_boot=N_BOOT, seed=seed)
+    exec_rate = components.get("exec")
+    if exec_rate is None:
+        exec_rate = _mean([float(s["status"] == "ok") for s in scored.values()])
+    return {
+        "exec_rate": exec_rate,
+        "reward_mean": _mean(scores),
+        "reward_ci95": list(ci) if ci else None,
+        "components": components,
+    }
+
+
+def _difference(a: dict[str, dict[str, Any]], b: dict[str, dict[str, Any]], seed: int) -> dict[str, Any]:
+    """Paired B - A over the items both stages answered: mean and paired bootstrap 95% CI, wins/ties/losses."""
+    from codepercept_rl.eval.stats import bootstrap_mean_ci
+
+    common = sorted(set(a) & set(b))
+    diff = [(b[i]["score"] or 0.0) - (a[i]["score"] or 0.0) for i in common]
+    ci = bootstrap_mean_ci(diff, n_boot=N_BOOT, seed=seed)
+    return {
+        "reward_mean": _mean(diff),
+        "ci95": list(ci) if ci else None,
+        "n_items": len(diff),
+        "wins": sum(d > 1e-6 for d in diff),
+        "ties": sum(abs(d) <= 1e-6 for d in diff),
+        "losses": sum(d < -1e-6 for d in diff),
+    }
+
+
+def _stem2code(eval_dir: Path) -> dict[str, Any]:
+    summary = json.loads((eval_dir / "summary.json").read_text())
+    overall = summary["overall"]
+    return {
+        "scores": overall["scores"],
+        "final_det_ci95": overall["ci"].get("final_det"),
+        "n_items": summary["n_items"],
+        "status_counts": summary["status_counts"],
+    }
+
+
+def build_report(
+    out: Path,
+    greedy: dict[str, Path],
+    sampled: dict[str, list[Path]],
+    seconds: float,
+    settings: dict[str, Any],
+) -> dict[str, Any]:
+    """The report (module docstring) from the eval runs under ``out``; also writes ``report.json/md``.
+
+    Args:
+        greedy: the greedy eval run of each stage.
+        sampled: each stage's sampled eval runs (empty lists: the headline is the greedy protocol).
+    """
+    from codepercept_rl.config import JobConfig, load_config
+    from codepercept_rl.rewards import build_reward, make_backend
+
+    # R1's own reward: the resolved config the R1 run saved (the recipe's when R1 was skipped).
+    r1_config = out / "runs" / "r1" / "config.yaml"
+    cfg = load_config(r1_config if r1_config.is_file() else RECIPES / "r1_tiny_cpu.yaml",
+                      [f"reward.num_workers={settings.get('workers', 2)}"], schema=JobConfig)  # fmt: skip
+    reward, backend = build_reward(cfg.reward), make_backend(cfg.reward)
+    bench = Path(settings["bench"])
+    try:
+        by_greedy = {name: _reward_scores(path, bench, reward, backend) for name, path in greedy.items()}
+        by_sample = {name: _average([_reward_scores(p, bench, reward, backend) for p in paths])
+                     for name, paths in sampled.items() if paths}  # fmt: skip
+    finally:
+        backend.close()
+    seed = int(settings.get("seed", 0))
+    greedy_block = _protocol(by_greedy, seed)
+    headline = _protocol(by_sample, seed) if by_sample else greedy_block
+    k = max((len(v) for v in sampled.values()), default=0)
+    protocol = (f"avg@{k}: per held-out item the mean reward of {k} answers sampled as R1's rollouts are (temperature "
+                f"{settings.get('sample_temperature')}, top-p {settings.get('sample_top_p')})" if by_sample
+                else "greedy answers")  # fmt: skip
+    report: dict[str, Any] = {key: headline[key] for key in ("stages", "r1_minus_s1") if key in headline}
+    report["seconds"] = seconds
+    report["greedy"] = {key: greedy_block[key] for key in ("stages", "r1_minus_s1") if key in greedy_block}
+    report["details"] = {
+        "reward": f"{cfg.reward.path or cfg.reward.name} (R1's reward section); an unscored answer counts 0",
+        "protocol": protocol,
+        "n_items": {name: len(s) for name, s in by_greedy.items()},
+        "r1_vs_s1": headline.get("wins"),
+        "greedy_r1_vs_s1": greedy_block.get("wins"),
+        "stem2code_greedy": {name: _stem2code(path) for name, path in greedy.items()},
+        "settings": settings,
+    }
+    atomic_write_json(out / "report.json", report)
+    atomic_write_text(out / "report.md", _markdown(report))
+    atomic_write_text(out / "gallery.html", _gallery(out, greedy, by_greedy))
+    return report
+
+
+def _protocol(scored: dict[str, dict[str, dict[str, Any]]], seed: int) -> dict[str, Any]:
+    """Stage rows and the paired R1 - S1 difference under one evaluation protocol."""
+    block: dict[str, Any] = {"stages": {name: _stage_row(s, seed) for name, s in scored.items()}}
+    if "s1" in scored and "r1" in scored:
+        diff = _difference(scored["s1"], scored["r1"], seed)
+        block["r1_minus_s1"] = {"reward_mean": diff["reward_mean"], "ci95": diff["ci95"]}
+        block["wins"] = diff
+    return block
+
+
+def _counts(values: Any) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for v in values:
+        counts[str(v)] = counts.get(str(v), 0) + 1
+    return counts
+
+
+def _fmt_ci(ci: Sequence[float] | None, digits: int = 3) -> str:
+    return f"[{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]" if ci else "–"
+
+
+def _table(block: dict[str, Any], wtl: dict[str, Any] | None) -> list[str]:
+    """Markdown rows of one protocol: per stage exec rate, reward with CI and components; then R1 - S1."""
+    stages = block["stages"]
+    names = sorted({k for row in stages.values() for k, v in row["components"].items() if v is not None})
+    lines = ["| stage | exec rate | reward (95% CI) | " + " | ".join(names) + " |",
+             "|---|---|---|" + "---|" * len(names)]  # fmt: skip
+    for name, row in stages.items():
+        comps = " | ".join(
+            f"{v:.3f}" if (v := row["components"].get(k)) is not None and v == v else "–" for k in names
+        )
+        lines.append(
+            f"| {name} | {row['exec_rate']:.3f} | {row['reward_mean']:.3f} {_fmt_ci(row['reward_ci95'])} | {comps} |"
+        )
+    diff = block.get("r1_minus_s1")
+    if diff and wtl:
+        lines += ["", f"**R1 - S1** (paired over {wtl['n_items']} items): {diff['reward_mean']:+.4f}, 95% CI "
+                  f"{_fmt_ci(diff['ci95'], 4)}; R1 better on {wtl['wins']}, equal on {wtl['ties']}, worse on "
+                  f"{wtl['losses']}."]  # fmt: skip
+    return lines
+
+
+def _markdown(report: dict[str, Any]) -> str:
+    details = report["details"]
+    lines = [
+        "# CodePercept-RL quickstart",
+        "",
+        f"Held-out test items; every answer runs in the sandbox and is scored with R1's reward, {details['reward']}.",
+        "",
+        f"## Headline: {details['protocol']}",
+        "",
+        *_table(report, details["r1_vs_s1"]),
+        "",
+        "## Greedy answers",
+        "",
+        *_table(report["greedy"], details["greedy_r1_vs_s1"]),
+        "",
+        "STEM2Code-Eval deterministic scores of the greedy answers (0-100; `codepercept-rl eval`):",
+        "",
+        "| stage | Exec | Image | Code | Final (95% CI) |",
+        "|---|---|---|---|---|",
+    ]
+    for name, s in details["stem2code_greedy"].items():
+        sc = s["scores"]
+        lines.append(
+            f"| {name} | {sc.get('exec') or 0:.1f} | {sc.get('image') or 0:.1f} | {sc.get('code') or 0:.1f} | "
+            f"{sc.get('final_det') or 0:.1f} {_fmt_ci(s['final_det_ci95'], 1)} |"
+        )
+    lines += ["", "Galleries: `gallery.html` (greedy renders of all stages side by side), `eval/<stage>/gallery.html`; "
+              "curves: `plots/s1`, `plots/r1`.", "", f"Total time: {report['seconds'] / 60:.1f} min.", ""]  # fmt: skip
+    return "\n".join(lines)
+
+
+def _gallery(out: Path, evals: dict[str, Path], scored: dict[str, dict[str, dict[str, Any]]]) -> str:
+    """One HTML table: per held-out item, the target and each stage's render with its reward."""
+    from codepercept_rl.eval.results import read_results
+
+    records = {name: read_results(path) for name, path in evals.items()}
+    first = next(iter(records.values()), {})
+    ids = sorted(first, key=lambda i: first[i].get("index", 1 << 30))
+
+    def img(path: Path | None, caption: str = "", title: str = "") -> str:
+        pic = (f'<img src="{html.escape(os.path.relpath(path, out))}" loading=lazy>' if path and path.is_file()
+               else "<div class=miss>no render</div>")  # fmt: skip
+        return (
+            f'<td title="{html.escape(title)}">{pic}{"<br>" + html.escape(caption) if caption else ""}</td>'
+        )
+
+    head = "".join(f"<th>{html.escape(n)}</th>" for n in evals)
+    rows = []
+    any_eval = next(iter(evals.values()))
+    for item in ids:
+        ref = first[item].get("files", {}).get("reference")
+        cells = [f"<td>{html.escape(item)}</td>", img(any_eval / ref if ref else None)]
+        for name, path in evals.items():
+            rec = records[name].get(item, {})
+            render = rec.get("files", {}).get("render")
+            s = scored[name].get(item, {})
+            score = s.get("score")
+            caption = (
+                f"{score:.3f} ({rec.get('status')})" if score is not None else f"– ({rec.get('status')})"
+            )
+            cells.append(img(path / render if render else None, caption, str(s.get("components", ""))))
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    style = ("body{font-family:sans-serif}img{width:160px;height:160px;object-fit:contain;border:1px solid #ccc}"
+             "td{text-align:center;vertical-align:top;font-size:12px}.miss{color:#999}")  # fmt: skip
+    return (f"<!doctype html><meta charset=utf-8><title>quickstart gallery</title><style>{style}</style>"
+            f"<h1>Held-out items: target and renders (reward, status)</h1><table><tr><th>item</th><th>target</th>"
+            f"{head}</tr>{''.join(rows)}</table>")  # fmt: skip
+
+
+def _plots(out: Path) -> None:
+    from codepercept_rl.plotting import plot_run
+
+    for stage in ("s1", "r1"):
+        run = out / "runs" / stage
+        if (run / "metrics.jsonl").is_file():
+            plot_run(run, out / "plots" / stage)
+
+
+# -------------------------------------------------------------------------------------------------- main
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="codepercept-rl quickstart", description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", required=True, help="output directory (rerun the same command to resume)")
+    p.add_argument("--families", nargs="+", default=["shapes", "bars"], help="data_tools generator families")
+    p.add_argument("--num", type=int, default=600, help="items to generate")
+    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--test-fraction", type=float, default=0.2, help="held-out share for the evaluation")
+    p.add_argument("--workers", type=int, default=2, help="sandbox workers (rendering, eval scoring)")
+    p.add_argument("--preset", default="tiny", help="tiny model preset (nano, tiny, small)")
+    p.add_argument("--s1-epochs", type=int, default=10)
+    p.add_argument("--r1-steps", type=int, default=60)
+    p.add_argument("--max-tokens", type=int, default=320, help="eval: new tokens per answer")
+    p.add_argument("--samples", type=int, default=8,
+                   help="sampled answers per held-out item for the headline avg@k (0: greedy only)")  # fmt: skip
+    p.add_argument("--sample-temperature", type=float, default=1.0, help="as R1's rollouts (recipe)")
+    p.add_argument("--sample-top-p", type=float, default=1.0, help="as R1's rollouts (recipe)")
+    p.add_argument("--skip-r1", action="store_true", help="stop after S1 (data -> S1 -> eval)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-wandb", dest="wandb", action="store_false",
+                   help="no W&B (default: W&B too, offline without WANDB_API_KEY)")  # fmt: skip
+    p.add_argument("--group", help="W&B group of the S1, R1 and eval runs (default: quickstart-<DIR name>)")
+    p.add_argument("--s1-override", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra S1 recipe override (repeatable)")  # fmt: skip
+    p.add_argument("--r1-override", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra R1 recipe override (repeatable)")  # fmt: skip
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the stages (module docstring) and write the report."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    args.group = args.group or f"quickstart-{out.name}"
+    t0 = time.time()
+    seconds: dict[str, float] = {}
+
+    def timed(name: str, fn: Any, *a: Any) -> Any:
+        t = time.time()
+        result = fn(*a)
+        seconds[name] = time.time() - t
+        log.info("quickstart: %s done in %.1fs", name, seconds[name])
+        return result
+
+    data = timed("data", _stage_data, out, args)
+    models = {"base": _base_model(out, args), "s1": timed("s1", _stage_s1, out, data, args)}
+    if not args.skip_r1:
+        models["r1"] = timed("r1", _stage_r1, out, data, models["s1"], args)
+    greedy = {
+        name: timed(f"eval_{name}", _stage_eval, out, data, name, path, args) for name, path in models.items()
+    }
+    sampled = {
+        name: [
+            timed(f"eval_{name}_sampled_{k}", _stage_eval, out, data, name, path, args, k)
+            for k in range(args.samples if name != "base" else min(args.samples, 1))
+        ]
+        for name, path in models.items()
+    }
+    settings = {k: v for k, v in vars(args).items() if k not in ("out",)}
+    settings["bench"] = str(data / "exports" / "s1" / "test.jsonl")
+    settings["stage_seconds"] = seconds
+    report = timed("report", build_report, out, greedy, sampled, 0.0, settings)
+    _plots(out)
+    # The total covers every stage this invocation ran (a resumed run counts only what it redid).
+    report["seconds"] = time.time() - t0
+    atomic_write_json(out / "report.json", report)
+    atomic_write_text(out / "report.md", _markdown(report))
+    print((out / "report.md").read_text())
+    return 0
