@@ -149,8 +149,14 @@ def _client(address: str) -> Any:
         logging.getLogger(name).setLevel(logging.WARNING)
     logging.getLogger("ray._private.runtime_env.working_dir").setLevel(logging.ERROR)
 
+    from ray.exceptions import AuthenticationError
+
     try:
         return JobSubmissionClient(address)
+    except AuthenticationError:
+        raise UserError(f"the Ray cluster at {address} uses token authentication: set RAY_AUTH_MODE=token and "
+                        "RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) to the cluster's token here "
+                        "(recipes/ray/README.md)") from None  # fmt: skip
     except ConnectionError as e:
         raise UserError(f"cannot reach the Ray job server at {address} ({e}); it is the head's dashboard "
                         "address (port 8265 by default, `ray start --head --dashboard-host 0.0.0.0`), "

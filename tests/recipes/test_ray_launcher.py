@@ -60,7 +60,9 @@ def cluster():
 
 
 def submit(*args: str, timeout: float = 420) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    # No RAY_ADDRESS & co. from the test process; but how to authenticate to the cluster it started, yes: a Ray
+    # started in this process earlier (ray.init) switched it to token auth when ~/.ray/auth_token exists.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_") or k.startswith("RAY_AUTH_")}
     return subprocess.run(
         [sys.executable, "-m", "codepercept_rl.cli", "submit", *args],
         capture_output=True,
