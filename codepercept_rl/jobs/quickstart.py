@@ -84,18 +84,24 @@ def _tracking(args: argparse.Namespace) -> list[str]:
     return [f"tracking.backends={backends}", f"tracking.wandb_group={args.group}"]
 
 
+def _training_stage(out: Path, name: str, job: Any, recipe: str, overrides: list[str]) -> Path:
+    """Runs ``job.main`` (S1 or R1) with ``recipe`` into ``DIR/runs/<name>``; skipped when its HF export exists."""
+    hf = out / "runs" / name / "hf"
+    if (hf / "config.json").is_file():
+        log.info("%s: %s exists, skipped", name, hf)
+        return hf
+    job.main([str(RECIPES / recipe), f"trainer.default_local_dir={out / 'runs'}", f"trainer.experiment_name={name}",
+              *overrides])  # fmt: skip
+    if not (hf / "config.json").is_file():
+        raise UserError(f"{name.upper()} finished without exporting a model to {hf}")
+    return hf
+
+
 def _stage_s1(out: Path, data: Path, args: argparse.Namespace) -> Path:
     from codepercept_rl.jobs import sft
 
-    hf = out / "runs" / "s1" / "hf"
-    if (hf / "config.json").is_file():
-        log.info("s1: %s exists, skipped", hf)
-        return hf
     s1 = data / "exports" / "s1"
-    sft.main([
-        str(RECIPES / "s1_tiny_cpu.yaml"),
-        f"trainer.default_local_dir={out / 'runs'}",
-        "trainer.experiment_name=s1",
+    return _training_stage(out, "s1", sft, "s1_tiny_cpu.yaml", [
         f"trainer.total_epochs={args.s1_epochs}",
         "trainer.test_freq=220",  # validation (loss + sandboxed generation check) and checkpoints: a few per run
         "trainer.save_freq=220",
@@ -107,23 +113,13 @@ def _stage_s1(out: Path, data: Path, args: argparse.Namespace) -> Path:
         *_tracking(args),
         *args.s1_override,
     ])  # fmt: skip
-    if not (hf / "config.json").is_file():
-        raise UserError(f"S1 finished without exporting a model to {hf}")
-    return hf
 
 
 def _stage_r1(out: Path, data: Path, s1: Path, args: argparse.Namespace) -> Path:
     from codepercept_rl.jobs import train
 
-    hf = out / "runs" / "r1" / "hf"
-    if (hf / "config.json").is_file():
-        log.info("r1: %s exists, skipped", hf)
-        return hf
     r1 = data / "exports" / "r1"
-    train.main([
-        str(RECIPES / "r1_tiny_cpu.yaml"),
-        f"trainer.default_local_dir={out / 'runs'}",
-        "trainer.experiment_name=r1",
+    return _training_stage(out, "r1", train, "r1_tiny_cpu.yaml", [
         f"trainer.total_training_steps={args.r1_steps}",
         f"trainer.test_freq={max(1, args.r1_steps // 2)}",  # validate at 0, half-way and the end
         f"trainer.seed={args.seed}",
@@ -133,9 +129,6 @@ def _stage_r1(out: Path, data: Path, s1: Path, args: argparse.Namespace) -> Path
         *_tracking(args),
         *args.r1_override,
     ])  # fmt: skip
-    if not (hf / "config.json").is_file():
-        raise UserError(f"R1 finished without exporting a model to {hf}")
-    return hf
 
 
 def _base_model(out: Path, args: argparse.Namespace) -> Path:

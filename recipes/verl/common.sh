@@ -59,3 +59,21 @@ run_side() {
   echo "+ $(show "$@")" >&2
   "$@" || die "failed ($?): $(show "$@")"
 }
+
+# add_trainer_args EVERY: appends to the caller's `args` the trainer.* overrides both stages share (W&B and
+# console logging, run names and directory, cluster shape, one epoch on CUDA), saving and validating every
+# EVERY steps.
+add_trainer_args() {
+  args+=(
+    'trainer.logger=["console","wandb"]'
+    trainer.project_name="$PROJECT_NAME"
+    trainer.experiment_name="$EXPERIMENT_NAME"
+    trainer.default_local_dir="$CKPT_DIR"
+    trainer.nnodes="$NNODES"
+    trainer.n_gpus_per_node="$N_GPUS_PER_NODE"
+    trainer.total_epochs=1
+    trainer.save_freq="$1"
+    trainer.test_freq="$1"
+    trainer.device=cuda
+  )
+}

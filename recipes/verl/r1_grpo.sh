@@ -144,18 +144,7 @@ fi
 if [[ -n "${JUDGE_MODEL:-}" ]]; then
   args+=("++reward.custom_reward_function.reward_kwargs.judge_model='$JUDGE_MODEL'")
 fi
-args+=(
-  'trainer.logger=["console","wandb"]'
-  trainer.project_name="$PROJECT_NAME"
-  trainer.experiment_name="$EXPERIMENT_NAME"
-  trainer.default_local_dir="$CKPT_DIR"
-  trainer.nnodes="$NNODES"
-  trainer.n_gpus_per_node="$N_GPUS_PER_NODE"
-  trainer.total_epochs=1
-  trainer.save_freq=50
-  trainer.test_freq=50
-  trainer.val_before_train=true
-  trainer.device=cuda
-)
+add_trainer_args 50
+args+=(trainer.val_before_train=true)
 
 run_main "$PYTHON" -m verl.trainer.main_ppo "${args[@]}" "$@"

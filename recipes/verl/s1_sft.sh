@@ -80,18 +80,9 @@ args=(
   engine.reshard_after_forward="$reshard"
   'checkpoint.save_contents=["model","optimizer","extra","hf_model"]'
   'checkpoint.load_contents=["model","optimizer","extra"]'
-  'trainer.logger=["console","wandb"]'
-  trainer.project_name="$PROJECT_NAME"
-  trainer.experiment_name="$EXPERIMENT_NAME"
-  trainer.default_local_dir="$CKPT_DIR"
-  trainer.nnodes="$NNODES"
-  trainer.n_gpus_per_node="$N_GPUS_PER_NODE"
-  trainer.total_epochs=1
-  trainer.save_freq=200
-  trainer.test_freq=200
   trainer.max_ckpt_to_keep=2
   trainer.seed=0
-  trainer.device=cuda
 )
+add_trainer_args 200
 
 run_main "${launcher[@]}" -m verl.trainer.sft_trainer "${args[@]}" "$@"
