@@ -96,6 +96,9 @@ class OptimConfig:
     lr_warmup_steps_ratio: float = 0.0
     warmup_style: Literal["constant", "cosine", "linear"] = "constant"
     min_lr_ratio: float = 0.0
+    # The vision tower's learning rate (ms-swift's vit_lr); None: lr. A tower trained from scratch next to a
+    # language model learns to see faster with a higher one.
+    vision_lr: float | None = None
 
 
 @dataclass

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import os
 import random
 import time
@@ -165,9 +166,15 @@ class EngineGenerator:
                 item = (_start + comp.prompt_index, _to_generation(comp, time.monotonic() - _t0))
                 loop.call_soon_threadsafe(_queue.put_nowait, item)
 
-            prompts = [_rollout_prompt(r) for r in chunk]
+            prompts = [rollout_prompt(r) for r in chunk]
+            # Each chunk continues the seed sequence where the previous one stopped (the engines seed their
+            # micro-batches / requests with seed + offset): the same seed in every chunk would give every
+            # chunk the same random draws, so sampled answers of different items would be correlated.
+            params = self.params
+            if params.seed is not None:
+                params = dataclasses.replace(params, seed=params.seed + start)
             task = asyncio.ensure_future(
-                asyncio.to_thread(self.engine.generate, prompts, self.params, on_complete)
+                asyncio.to_thread(self.engine.generate, prompts, params, on_complete)
             )
             delivered = 0
             while delivered < len(chunk):
@@ -189,7 +196,8 @@ class EngineGenerator:
             await task
 
 
-def _rollout_prompt(request: GenRequest) -> RolloutPrompt:
+def rollout_prompt(request: GenRequest) -> RolloutPrompt:
+    """The request as a ``RolloutPrompt`` for this project's engines (image where its ``<image>`` tag is)."""
     content: list[dict[str, Any]] = [{"type": "text", "text": request.prompt}]
     if request.image_png is not None:
         content = _with_image(request.prompt, {"type": "image"}, image_first=True)

@@ -161,7 +161,7 @@ class Learner:
             model.to(self.dist.device)
             self.model = apply_fsdp2(model, self.dist.mesh, cfg.model.dtype)
         self.model.train()
-        self.optimizer = build_optimizer(self.model.parameters(), cfg.optim)
+        self.optimizer = build_optimizer(self.model.named_parameters(), cfg.optim)
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, cfg.total_steps)
         self.step = 0  # optimizer steps done
         self._rollout_model: PreTrainedModel | None = None

@@ -18,26 +18,44 @@ from codepercept_rl.config.schema import OptimConfig
 __all__ = ["build_optimizer", "build_scheduler", "lr_multiplier"]
 
 
-def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimConfig) -> torch.optim.AdamW:
+def build_optimizer(
+    params: Iterable[torch.nn.Parameter] | Iterable[tuple[str, torch.nn.Parameter]], cfg: OptimConfig
+) -> torch.optim.AdamW:
     """AdamW over the trainable ``params`` with ``cfg``'s lr, betas and weight decay.
 
     Weight decay applies to matrices only (``ndim >= 2``); biases and norm scales are not decayed, as in
     Hugging Face's Trainer. ``foreach`` is used (DTensor-aware under FSDP2); ``fused`` is CUDA-only.
+    Given ``named_parameters()``, the vision tower's parameters (a ``visual`` module in the name, as in
+    Qwen-VL) get ``cfg.vision_lr`` when it is set; the schedule scales every group alike.
 
     Raises:
-        ValueError: no trainable parameter, or betas that are not two numbers in [0, 1).
+        ValueError: no trainable parameter, betas that are not two numbers in [0, 1), or ``vision_lr`` set
+            for parameters without names or without a vision tower.
     """
-    params = [p for p in params if p.requires_grad]
-    if not params:
+    named = [(n, p) for n, p in map(_pair, params) if p.requires_grad]
+    if not named:
         raise ValueError("no trainable parameters: is everything frozen?")
     if len(cfg.betas) != 2 or not all(0.0 <= b < 1.0 for b in cfg.betas):
         raise ValueError(f"actor.optim.betas must be two numbers in [0, 1), got {cfg.betas}")
-    groups = [
-        {"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
-        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
-    ]
+    vision = {id(p) for n, p in named if cfg.vision_lr is not None and "visual" in n.split(".")}
+    if cfg.vision_lr is not None and not vision:
+        raise ValueError(
+            "actor.optim.vision_lr is set but no trainable parameter belongs to a vision tower ('visual.*')"
+        )
+    groups = []
+    for is_vision in (False, True):
+        lr = cfg.vision_lr if is_vision else cfg.lr
+        chosen = [p for _, p in named if (id(p) in vision) == is_vision]
+        groups += [
+            {"params": [p for p in chosen if p.ndim >= 2], "weight_decay": cfg.weight_decay, "lr": lr},
+            {"params": [p for p in chosen if p.ndim < 2], "weight_decay": 0.0, "lr": lr},
+        ]
     groups = [g for g in groups if g["params"]]
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.betas[0], cfg.betas[1]), foreach=True)
+
+
+def _pair(item: torch.nn.Parameter | tuple[str, torch.nn.Parameter]) -> tuple[str, torch.nn.Parameter]:
+    return item if isinstance(item, tuple) else ("", item)
 
 
 def lr_multiplier(step: int, total_steps: int, cfg: OptimConfig) -> float:

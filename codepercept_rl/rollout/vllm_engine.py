@@ -134,7 +134,13 @@ class VLLMRolloutEngine:
             requests.extend([req] * copies)
             index.extend([i] * copies)
         if requests:
-            outputs = self.llm.generate(requests, sp, use_tqdm=False)
+            # One seed per request (seed + its position), as the HF engine seeds its micro-batches: with one
+            # shared per-request seed every prompt would draw the same random numbers.
+            per_request = sp if params.seed is None else [sp.clone() for _ in requests]
+            if params.seed is not None:
+                for k, r_sp in enumerate(per_request):
+                    r_sp.seed = params.seed + k
+            outputs = self.llm.generate(requests, per_request, use_tqdm=False)
             for i, out in zip(index, outputs, strict=True):
                 for seq in out.outputs:
                     j = len(results[i])

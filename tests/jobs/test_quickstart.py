@@ -88,8 +88,15 @@ def test_quickstart_end_to_end_and_resume(tmp_path: Path) -> None:
     assert any((out / "plots" / "s1").glob("*.png")) and any((out / "plots" / "r1").glob("*.png"))
     for stage in ("base", "s1", "r1"):
         assert (out / "eval" / stage / "gallery.html").is_file()
-        passes = (0,) if stage == "base" else (0, 1)  # the untrained model gets one sampled pass
-        assert all((out / "eval" / f"{stage}-sampled" / str(k) / "results.jsonl").is_file() for k in passes)
+        rows = [json.loads(line) for line in (out / "eval" / f"{stage}-sampled" / "answers.jsonl").open()]
+        assert len(rows) == n_items[stage]
+        # every answer scored with R1's reward (base and S1 in the child process that ran beside R1)
+        scores = json.loads((out / "eval" / f"{stage}-scores.json").read_text())
+        assert len(scores["greedy"]) == n_items[stage] and len(scores["sampled"]) == len(rows[0]["answers"])
+        # --samples 2 answers per item (the untrained model: one), each its own draw
+        assert {len(r["answers"]) for r in rows} == ({1} if stage == "base" else {2})
+    s1_rows = [json.loads(line) for line in (out / "eval" / "s1-sampled" / "answers.jsonl").open()]
+    assert len({a for r in s1_rows for a in r["answers"]}) > len(s1_rows)
 
     # Rerunning resumes: every stage is found done, and the report is the same.
     again = _run(out)

@@ -61,3 +61,23 @@ def test_weight_decay_skips_biases_and_norms() -> None:
     decayed, plain = opt.param_groups
     assert decayed["weight_decay"] == 0.1 and [p.shape for p in decayed["params"]] == [(2, 3)]
     assert plain["weight_decay"] == 0.0 and len(plain["params"]) == 3  # bias, norm weight, norm bias
+
+
+def test_vision_lr_gives_the_vision_tower_its_own_rate_under_the_schedule() -> None:
+    from codepercept_rl.models import build_tiny_model
+
+    model, _ = build_tiny_model("qwen2_5_vl", preset="nano", seed=0)
+    cfg = OptimConfig(lr=1e-3, vision_lr=4e-3, lr_warmup_steps_ratio=0.5, warmup_style="linear")
+    opt = build_optimizer(model.named_parameters(), cfg)
+    visual = {id(p) for n, p in model.named_parameters() if ".visual." in f".{n}"}
+    for group in opt.param_groups:
+        in_tower = {id(p) in visual for p in group["params"]}
+        assert len(in_tower) == 1  # no group mixes tower and language model
+        assert group["lr"] == (4e-3 if in_tower == {True} else 1e-3)
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
+    sched = build_scheduler(opt, cfg, total_steps=4)
+    opt.step()
+    sched.step()  # warm-up scales both rates alike
+    assert sorted({g["lr"] for g in opt.param_groups}) == pytest.approx([1e-3, 4e-3])
+    with pytest.raises(ValueError, match="vision_lr"):
+        build_optimizer(torch.nn.Linear(2, 2).named_parameters(), cfg)

@@ -72,6 +72,40 @@ def test_greedy_is_deterministic_and_seeded_sampling_repeats(engine):
     assert [c.token_ids for g in s1 for c in g] == [c.token_ids for g in s2 for c in g]
 
 
+def test_eval_chunks_continue_the_seed_sequence(engine):
+    # EngineGenerator hands the engine one chunk of requests at a time. Sampled answers must not depend on the
+    # chunking, and the same prompt in two chunks must not get the same random draws (it did when every
+    # chunk restarted from the same seed).
+    import asyncio
+
+    from codepercept_rl.eval.generate import EngineGenerator, GenRequest
+
+    png = _png(Image.new("RGB", (64, 64), "red"))
+    requests = [GenRequest(f"r{i}", png, "<image>Write matplotlib code.") for i in range(4)]
+    params = SamplingParams(n=1, temperature=1.0, max_tokens=10, seed=11)
+
+    pairs = HFRolloutEngine(engine.model, engine.processor, micro_batch_size=2)
+
+    def run(batch_size):
+        async def go():
+            gen = EngineGenerator(pairs, params, batch_size=batch_size)
+            return {i: g.text async for i, g in gen.generate(requests)}
+
+        return asyncio.run(go())
+
+    one_call, chunked = run(4), run(2)  # micro-batches seeded 11, 13 either way
+    assert one_call == chunked
+    assert len(set(chunked.values())) > 1, chunked
+
+
+def _png(image):
+    import io
+
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def test_prompt_too_long_is_skipped_and_counted(engine):
     short = HFRolloutEngine(engine.model, engine.processor, max_prompt_tokens=5)
     out = short.generate(_prompts(), SamplingParams(n=2, max_tokens=4))

@@ -74,3 +74,14 @@ def test_sampling_groups_and_callbacks(engines):
     )
     assert [len(g) for g in out] == [4, 4] and len(seen) == 8
     assert all(len(c.logprobs) == len(c.token_ids) > 0 for g in out for c in g)
+
+
+def test_seeded_requests_draw_their_own_random_numbers(engines):
+    # The same prompt twice in one call: a shared per-request seed would give both the same answers.
+    engine, _, _ = engines
+    twice = [_prompts()[0], _prompts()[0]]
+    params = SamplingParams(n=2, temperature=1.0, max_tokens=12, seed=3)
+    a = engine.generate(twice, params)
+    assert [c.token_ids for c in a[0]] != [c.token_ids for c in a[1]]
+    b = engine.generate(twice, params)  # and the call as a whole repeats
+    assert [c.token_ids for g in a for c in g] == [c.token_ids for g in b for c in g]
