@@ -587,6 +587,12 @@ def _setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
 
+def _background_process() -> None:
+    """Initialises the evaluation child: logging, and niceness 10 (its sandbox workers inherit it)."""
+    _setup_logging()
+    os.nice(10)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the stages (module docstring) and write the report."""
     args = _parser().parse_args(argv)
@@ -615,9 +621,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         seconds.update(_evaluate_stages(out, data, models, args))
     else:
         # R1 keeps about one core busy (the learner; the reward pool works in bursts), so the untrained and
-        # S1 models are evaluated meanwhile in a child process on the other one.
+        # S1 models are evaluated meanwhile in a child process, at a lower CPU priority: it takes the cycles
+        # R1 leaves idle instead of slowing R1 down.
         spawn = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=1, mp_context=spawn, initializer=_setup_logging) as pool:
+        with ProcessPoolExecutor(max_workers=1, mp_context=spawn, initializer=_background_process) as pool:
             earlier = pool.submit(_evaluate_stages, out, data, models, args)
             models["r1"] = timed("r1", _stage_r1, out, data, models["s1"], args)
             seconds.update(earlier.result())
