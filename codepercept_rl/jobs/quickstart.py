@@ -213,37 +213,40 @@ def _evaluate_stage(
     Returns the seconds each part took (``eval_<stage>``, ``eval_<stage>_sampled``, ``score_<stage>``).
     """
     seconds: dict[str, float] = {}
-
-    def timed(key: str, fn: Any, *a: Any) -> Any:
-        t = time.time()
-        result = fn(*a)
-        seconds[key] = time.time() - t
-        log.info("quickstart: %s done in %.1fs", key, seconds[key])
-        return result
-
-    greedy = timed(f"eval_{name}", _stage_eval, out, data, name, model, args)
-    sampled = (
-        timed(f"eval_{name}_sampled", _stage_sampled, out, data, name, model, args) if args.samples else None
-    )
+    greedy = _timed(seconds, f"eval_{name}", _stage_eval, out, data, name, model, args)
+    sampled = None
+    if args.samples:
+        sampled = _timed(seconds, f"eval_{name}_sampled", _stage_sampled, out, data, name, model, args)
     dest = out / "eval" / f"{name}-scores.json"
     if not dest.is_file():
-        timed(f"score_{name}", _score_stage, out, data, greedy, sampled, dest, args)
+        _timed(seconds, f"score_{name}", _score_stage, out, data, greedy, sampled, dest, args)
     return seconds
+
+
+def _timed(seconds: dict[str, float], key: str, fn: Any, *a: Any) -> Any:
+    """``fn(*a)``, its wall time recorded in ``seconds[key]`` and logged."""
+    t = time.time()
+    result = fn(*a)
+    seconds[key] = time.time() - t
+    log.info("quickstart: %s done in %.1fs", key, seconds[key])
+    return result
 
 
 def _score_stage(
     out: Path, data: Path, greedy: Path, sampled: Path | None, dest: Path, args: argparse.Namespace
 ) -> None:
     """Scores a stage's greedy and sampled answers with R1's reward into ``dest`` (``_evaluate_stage``)."""
+    from codepercept_rl.eval.bench import load_bench
     from codepercept_rl.rewards import build_reward, make_backend
 
+    items = load_bench(data / "exports" / "s1" / "test.jsonl")
+    targets = {it.id: (it.read_image(), it.reference_code) for it in items}
     cfg = _r1_config(out, [*args.r1_override, f"reward.num_workers={args.workers}"])
     reward, backend = build_reward(cfg.reward), make_backend(cfg.reward)
-    bench = data / "exports" / "s1" / "test.jsonl"
     try:
         scores = {
-            "greedy": _greedy_scores(greedy, bench, reward, backend),
-            "sampled": _sampled_scores(sampled, bench, reward, backend) if sampled else [],
+            "greedy": _greedy_scores(greedy, targets, reward, backend),
+            "sampled": _sampled_scores(sampled, targets, reward, backend) if sampled else [],
         }
     finally:
         backend.close()
@@ -272,20 +275,17 @@ def _r1_config(out: Path, overrides: Sequence[str] = ()) -> Any:
 
 # ------------------------------------------------------------------------------------------------ report
 def _score_answers(
-    answers: list[tuple[str, str]], bench: Path, reward: Any, backend: Any
+    answers: list[tuple[str, str]], targets: dict[str, tuple[bytes, str | None]], reward: Any, backend: Any
 ) -> list[dict[str, Any]]:
     """Scores ``(item id, answer text)`` pairs with R1's reward: one ``{score, components, status}`` each.
 
-    The target is the held-out item's image, plus its reference code for the code term. The code runs in the
-    reward backend's sandboxes (never here).
+    ``targets`` maps an item id to its image and reference code (the code term). The code runs in the reward
+    backend's sandboxes (never here).
     """
-    from codepercept_rl.eval.bench import load_bench
     from codepercept_rl.rewards import RewardSample, compute_rewards
 
-    items = {item.id: item for item in load_bench(bench)}
-    images = {i: items[i].read_image() for i in {i for i, _ in answers}}
     samples = [
-        RewardSample(completion=text, target_png=images[i], reference_code=items[i].reference_code)
+        RewardSample(completion=text, target_png=targets[i][0], reference_code=targets[i][1])
         for i, text in answers
     ]
     output = compute_rewards(reward, samples, backend)
@@ -299,20 +299,24 @@ def _score_answers(
     ]
 
 
-def _greedy_scores(eval_dir: Path, bench: Path, reward: Any, backend: Any) -> dict[str, dict[str, Any]]:
+def _greedy_scores(
+    eval_dir: Path, targets: dict[str, tuple[bytes, str | None]], reward: Any, backend: Any
+) -> dict[str, dict[str, Any]]:
     """R1's reward of each answer of one greedy eval run: {item id: {score, components, status}}."""
     from codepercept_rl.eval.results import read_results
 
     records = sorted(read_results(eval_dir).values(), key=lambda r: r.get("index", 1 << 30))
     answers = [(r["id"], (r.get("generation") or {}).get("text") or "") for r in records if r.get("id")]
-    return dict(zip([i for i, _ in answers], _score_answers(answers, bench, reward, backend), strict=True))
+    return dict(zip([i for i, _ in answers], _score_answers(answers, targets, reward, backend), strict=True))
 
 
-def _sampled_scores(path: Path, bench: Path, reward: Any, backend: Any) -> list[dict[str, dict[str, Any]]]:
+def _sampled_scores(
+    path: Path, targets: dict[str, tuple[bytes, str | None]], reward: Any, backend: Any
+) -> list[dict[str, dict[str, Any]]]:
     """R1's reward of each sampled answer of ``answers.jsonl``: one {item id: scored} dict per sample index."""
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     answers = [(row["id"], text or "") for row in rows for text in row["answers"]]
-    flat = iter(_score_answers(answers, bench, reward, backend))
+    flat = iter(_score_answers(answers, targets, reward, backend))
     runs: list[dict[str, dict[str, Any]]] = [{} for _ in range(max(len(r["answers"]) for r in rows))]
     for row in rows:
         for j in range(len(row["answers"])):
@@ -602,16 +606,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.group = args.group or f"quickstart-{out.name}"
     t0 = time.time()
     seconds: dict[str, float] = {}
-
-    def timed(name: str, fn: Any, *a: Any) -> Any:
-        t = time.time()
-        result = fn(*a)
-        seconds[name] = time.time() - t
-        log.info("quickstart: %s done in %.1fs", name, seconds[name])
-        return result
-
-    data = timed("data", _stage_data, out, args)
-    models = {"base": _base_model(out, args), "s1": timed("s1", _stage_s1, out, data, args)}
+    data = _timed(seconds, "data", _stage_data, out, args)
+    models = {"base": _base_model(out, args), "s1": _timed(seconds, "s1", _stage_s1, out, data, args)}
     rollout = _r1_config(out, args.r1_override).rollout  # sample as R1's rollouts do
     args.sample_temperature = (
         rollout.temperature if args.sample_temperature is None else args.sample_temperature
@@ -626,14 +622,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         spawn = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=1, mp_context=spawn, initializer=_background_process) as pool:
             earlier = pool.submit(_evaluate_stages, out, data, models, args)
-            models["r1"] = timed("r1", _stage_r1, out, data, models["s1"], args)
+            models["r1"] = _timed(seconds, "r1", _stage_r1, out, data, models["s1"], args)
             seconds.update(earlier.result())
         seconds.update(_evaluate_stage(out, data, "r1", models["r1"], args))
     greedy = {name: out / "eval" / name for name in models}
     settings = {k: v for k, v in vars(args).items() if k not in ("out",)}
     settings["bench"] = str(data / "exports" / "s1" / "test.jsonl")
     settings["stage_seconds"] = seconds
-    report = timed("report", build_report, out, greedy, 0.0, settings)
+    report = _timed(seconds, "report", build_report, out, greedy, 0.0, settings)
     _plots(out)
     # The total covers every stage this invocation ran (a resumed run counts only what it redid).
     report["seconds"] = time.time() - t0

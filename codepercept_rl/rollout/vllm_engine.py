@@ -136,10 +136,11 @@ class VLLMRolloutEngine:
         if requests:
             # One seed per request (seed + its position), as the HF engine seeds its micro-batches: with one
             # shared per-request seed every prompt would draw the same random numbers.
-            per_request = sp if params.seed is None else [sp.clone() for _ in requests]
+            per_request: Any = sp
             if params.seed is not None:
-                for k, r_sp in enumerate(per_request):
-                    r_sp.seed = params.seed + k
+                per_request = [sp.clone() for _ in requests]
+                for k, request_sp in enumerate(per_request):
+                    request_sp.seed = params.seed + k
             outputs = self.llm.generate(requests, per_request, use_tqdm=False)
             for i, out in zip(index, outputs, strict=True):
                 for seq in out.outputs:

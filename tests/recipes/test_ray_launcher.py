@@ -21,18 +21,13 @@ import pytest
 from codepercept_rl.tracking import read_metrics
 from tests.grpo.conftest import r1_files  # noqa: F401 - the tiny R1 parquet set (a session fixture)
 from tests.grpo.test_train import RECIPE, TOY_REWARD, _overrides
+from tests.service import free_port
 
 ray = pytest.importorskip("ray")
 from ray.cluster_utils import Cluster  # noqa: E402
 from ray.job_submission import JobStatus, JobSubmissionClient  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -45,9 +40,9 @@ def cluster():
         "num_cpus": 1,
         "include_dashboard": True,
         "dashboard_host": "127.0.0.1",
-        "dashboard_port": _free_port(),
+        "dashboard_port": free_port(),
         # The agent's default port (52365) is taken by any other Ray on this machine; the job server needs it.
-        "dashboard_agent_listen_port": _free_port(),
+        "dashboard_agent_listen_port": free_port(),
     }
     c = Cluster(initialize_head=True, head_node_args=head)
     try:
@@ -135,7 +130,7 @@ def test_bad_override_fails_the_command_with_the_jobs_error(cluster, r1_files, t
 @pytest.mark.timeout(300)
 def test_no_wait_status_and_stop(cluster):
     # A command that runs until stopped (and is not a Ray job: nothing is appended to it).
-    port = _free_port()
+    port = free_port()
     proc = submit("--address", _url(cluster), "--working-dir", "none", "--no-wait", "--",
                   "reward-server", "--port", str(port), "--workers", "1", timeout=120)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -181,7 +176,7 @@ def test_no_wait_status_and_stop(cluster):
     ],
 )
 def test_user_errors_are_one_line(args, fragment):
-    port = _free_port()  # nothing listens there
+    port = free_port()  # nothing listens there
     proc = submit("--address", f"127.0.0.1:{port}", *args, timeout=120)
     assert proc.returncode == 2
     assert fragment.format(port=port) in proc.stderr and "Traceback" not in proc.stderr

@@ -6,7 +6,6 @@ Run: ``pytest tests/reward_servers/test_client.py -q``
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 import time
 
@@ -17,6 +16,7 @@ from reward_servers.client import AsyncRewardClient, RewardClient, RewardRequest
 from reward_servers.pool import RewardPool
 from reward_servers.sandbox import SandboxConfig
 from reward_servers.server import BackgroundServer, create_app
+from tests.service import free_port
 
 PLOT = "import matplotlib.pyplot as plt\nplt.plot([0, 1, 2], [2, 0, 1], color='blue')\n"
 SLOW = "import time\nimport matplotlib.pyplot as plt\ntime.sleep(1.5)\nplt.plot([1, 2])\n"
@@ -30,12 +30,6 @@ def wait_until(predicate, timeout_s: float, interval_s: float = 0.01) -> bool:
             return False
         time.sleep(interval_s)
     return True
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +101,7 @@ def test_back_pressure_503_then_success_via_retry(
 
 
 def test_retry_while_server_is_briefly_down(pool: RewardPool, target: bytes) -> None:
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     box: dict = {}
 
@@ -128,7 +122,7 @@ def test_retry_while_server_is_briefly_down(pool: RewardPool, target: bytes) -> 
 def test_fail_over_to_the_next_url_and_give_up_when_all_are_down(
     server: BackgroundServer, target: bytes
 ) -> None:
-    dead = f"http://127.0.0.1:{_free_port()}"
+    dead = f"http://127.0.0.1:{free_port()}"
     with RewardClient([dead, server.url], timeout_s=30, max_retries=2, backoff=0.01) as client:
         for _ in range(3):  # whichever URL a call starts at, it ends on the live one
             assert client.score([{"code": PLOT, "target_png": target}])[0].status == "ok"
@@ -151,7 +145,7 @@ def test_client_errors_are_not_retried(server: BackgroundServer) -> None:
 
 
 def test_client_re_registers_targets_on_a_restarted_server(pool: RewardPool, target: bytes) -> None:
-    port = _free_port()
+    port = free_port()
     with RewardClient(f"http://127.0.0.1:{port}", timeout_s=30, max_retries=3, backoff=0.1) as client:
         with (
             RewardPool(workers=1, config=SandboxConfig(timeout_s=5.0)) as first,
