@@ -16,8 +16,9 @@ resumes: a stage whose output exists is skipped, a half-done S1 / R1 run resumes
    item sampled as R1's rollouts are (``--sample-temperature`` / ``--sample-top-p``, the recipe's rollout
    settings; ``DIR/eval/<stage>-sampled/answers.jsonl``, one engine call per stage); every answer then runs in
    the sandbox and is scored with R1's own reward (the reward section of the R1 config: the paper's
-   ``codepercept`` reward in the tiny recipe; ``DIR/eval/<stage>-scores.json``). The untrained and S1 models
-   are evaluated in a child process while R1 trains (R1 keeps about one of the two cores busy);
+   ``codepercept`` reward in the tiny recipe; ``DIR/eval/<stage>-scores.json``). A niced child process
+   evaluates the untrained model while S1 trains and S1 while R1 trains (training keeps about one of the two
+   cores busy);
 5. ``report``: per stage, exec rate, mean reward with a bootstrap 95% CI over items and the mean of each
    reward component; the paired R1 - S1 difference with its paired bootstrap CI. The headline protocol is
    avg@k — per item, the mean reward of the k sampled answers, i.e. the held-out value of the objective GRPO
@@ -204,23 +205,47 @@ def _stage_sampled(out: Path, data: Path, name: str, model: Path, args: argparse
 
 
 def _evaluate_stage(
-    out: Path, data: Path, name: str, model: Path, args: argparse.Namespace
+    out: Path,
+    data: Path,
+    name: str,
+    model: Path,
+    args: argparse.Namespace,
+    pool: ProcessPoolExecutor | None = None,
 ) -> dict[str, float]:
     """Everything the report needs of one stage: greedy eval, sampled answers, and every answer scored with
     R1's reward in the sandbox (``DIR/eval/<stage>-scores.json``: ``{"greedy": {id: scored}, "sampled":
-    [{id: scored}, ...]}``, one dict per sample index). Each part is skipped when its output exists.
+    [{id: scored}, ...]}``, one dict per sample index). Each part is skipped when its output exists. With
+    ``pool`` (a process free for it), the greedy eval runs there while this process samples.
 
     Returns the seconds each part took (``eval_<stage>``, ``eval_<stage>_sampled``, ``score_<stage>``).
     """
     seconds: dict[str, float] = {}
-    greedy = _timed(seconds, f"eval_{name}", _stage_eval, out, data, name, model, args)
+    job = pool.submit(_greedy_eval, out, data, name, model, args) if pool is not None else None
+    greedy = None if job is not None else _collect(seconds, _greedy_eval, out, data, name, model, args)
     sampled = None
     if args.samples:
         sampled = _timed(seconds, f"eval_{name}_sampled", _stage_sampled, out, data, name, model, args)
+    if job is not None:
+        greedy = _collect(seconds, job.result)
     dest = out / "eval" / f"{name}-scores.json"
     if not dest.is_file():
         _timed(seconds, f"score_{name}", _score_stage, out, data, greedy, sampled, dest, args)
     return seconds
+
+
+def _greedy_eval(
+    out: Path, data: Path, name: str, model: Path, args: argparse.Namespace
+) -> tuple[Path, dict[str, float]]:
+    """``_stage_eval`` and the seconds it took (``{"eval_<stage>": s}``); picklable for the child process."""
+    seconds: dict[str, float] = {}
+    return _timed(seconds, f"eval_{name}", _stage_eval, out, data, name, model, args), seconds
+
+
+def _collect(seconds: dict[str, float], fn: Any, *a: Any) -> Any:
+    """``fn(*a)`` returns ``(result, its seconds)``: the seconds go into ``seconds``, the result is returned."""
+    result, part = fn(*a)
+    seconds.update(part)
+    return result
 
 
 def _timed(seconds: dict[str, float], key: str, fn: Any, *a: Any) -> Any:
@@ -607,24 +632,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     t0 = time.time()
     seconds: dict[str, float] = {}
     data = _timed(seconds, "data", _stage_data, out, args)
-    models = {"base": _base_model(out, args), "s1": _timed(seconds, "s1", _stage_s1, out, data, args)}
     rollout = _r1_config(out, args.r1_override).rollout  # sample as R1's rollouts do
     args.sample_temperature = (
         rollout.temperature if args.sample_temperature is None else args.sample_temperature
     )
     args.sample_top_p = rollout.top_p if args.sample_top_p is None else args.sample_top_p
-    if args.skip_r1:
-        seconds.update(_evaluate_stages(out, data, models, args))
-    else:
-        # R1 keeps about one core busy (the learner; the reward pool works in bursts), so the untrained and
-        # S1 models are evaluated meanwhile in a child process, at a lower CPU priority: it takes the cycles
-        # R1 leaves idle instead of slowing R1 down.
-        spawn = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=1, mp_context=spawn, initializer=_background_process) as pool:
-            earlier = pool.submit(_evaluate_stages, out, data, models, args)
+    models = {"base": _base_model(out, args)}
+    # S1 and R1 each keep about one of the two cores busy (one torch thread; R1's reward pool works in bursts),
+    # so the earlier stages are evaluated meanwhile in a child process at a lower CPU priority, where it takes
+    # the cycles training leaves idle instead of slowing it down: the untrained model while S1 trains, S1
+    # while R1 trains. R1's own evaluation has both cores: its greedy eval runs in the child while this
+    # process samples.
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=spawn, initializer=_background_process) as pool:
+        earlier = [pool.submit(_evaluate_stages, out, data, {"base": models["base"]}, args)]
+        models["s1"] = _timed(seconds, "s1", _stage_s1, out, data, args)
+        earlier.append(pool.submit(_evaluate_stages, out, data, {"s1": models["s1"]}, args))
+        if not args.skip_r1:
             models["r1"] = _timed(seconds, "r1", _stage_r1, out, data, models["s1"], args)
-            seconds.update(earlier.result())
-        seconds.update(_evaluate_stage(out, data, "r1", models["r1"], args))
+        for job in earlier:
+            seconds.update(job.result())
+        if not args.skip_r1:
+            seconds.update(_evaluate_stage(out, data, "r1", models["r1"], args, pool))
     greedy = {name: out / "eval" / name for name in models}
     settings = {k: v for k, v in vars(args).items() if k not in ("out",)}
     settings["bench"] = str(data / "exports" / "s1" / "test.jsonl")

@@ -90,7 +90,7 @@ def test_quickstart_end_to_end_and_resume(tmp_path: Path) -> None:
         assert (out / "eval" / stage / "gallery.html").is_file()
         rows = [json.loads(line) for line in (out / "eval" / f"{stage}-sampled" / "answers.jsonl").open()]
         assert len(rows) == n_items[stage]
-        # every answer scored with R1's reward (base and S1 in the child process that ran beside R1)
+        # every answer scored with R1's reward (base while S1 trained and S1 while R1 trained, in the child process)
         scores = json.loads((out / "eval" / f"{stage}-scores.json").read_text())
         assert len(scores["greedy"]) == n_items[stage] and len(scores["sampled"]) == len(rows[0]["answers"])
         # --samples 2 answers per item (the untrained model: one), each its own draw
