@@ -109,7 +109,6 @@ def _stage_s1(out: Path, data: Path, args: argparse.Namespace) -> Path:
     s1 = data / "exports" / "s1"
     return _training_stage(out, "s1", sft, "s1_tiny_cpu.yaml", [
         f"trainer.total_epochs={args.s1_epochs}",
-        f"trainer.torch_num_threads={args.s1_threads}",
         "trainer.test_freq=220",  # validation (loss + sandboxed generation check) and checkpoints: a few per run
         "trainer.save_freq=220",
         f"trainer.seed={args.seed}",
@@ -593,13 +592,6 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="tiny", help="tiny model preset (nano, tiny, small)")
     p.add_argument(
         "--s1-epochs", type=int, default=15, help="S1 epochs (10 -> 15: held-out colour F1 0.36 -> 0.74)"
-    )
-    p.add_argument(
-        "--s1-threads",
-        type=int,
-        default=2,
-        help="torch threads of S1, which has the machine to itself (2 on 2 cores: 0.265 -> 0.194 s per step, "
-        "same losses)",
     )
     p.add_argument("--r1-steps", type=int, default=60)
     p.add_argument("--max-tokens", type=int, default=320, help="eval: new tokens per answer")
