@@ -202,6 +202,10 @@ class RayConfig:
     enabled: bool = True
     address: str | None = None  # None: start a local Ray; "auto": join the running cluster
     num_cpus: int | None = None
+    # Niceness of the worker processes of a Ray this job starts itself (Ray's own default: 15, below the driver).
+    # None keeps Ray's; 0 lets actors compete on equal terms with other work on the machine (the quickstart runs
+    # its evaluation beside R1 at niceness 10, which would otherwise take the CPU from R1's actors).
+    worker_niceness: int | None = None
 
 
 @dataclass

@@ -130,6 +130,7 @@ def _stage_r1(out: Path, data: Path, s1: Path, args: argparse.Namespace) -> Path
         f"trainer.test_freq={max(1, args.r1_steps // 2)}",  # validate at 0, half-way and the end
         f"trainer.seed={args.seed}",
         f"model.path={s1}",
+        "ray.worker_niceness=0",  # R1's actors above the evaluation child (niceness 10); Ray's default is 15
         f"data.train_files=[{r1 / 'train.parquet'}]",
         f"data.val_files=[{r1 / 'validation.parquet'}]",
         *_tracking(args),

@@ -100,11 +100,14 @@ def init_ray(ray_cfg: RayConfig, **kwargs: Any) -> None:
 
     ``ray.address`` None starts a fresh local Ray (or joins ``RAY_ADDRESS`` when set, as under ``ray job
     submit``); a bare ``ray.init()`` would instead join any Ray another process on this machine started.
+    ``ray.worker_niceness`` applies to a Ray started here (a running cluster keeps its own setting).
     """
     import ray
 
     if not ray.is_initialized():
         address = ray_cfg.address or os.environ.get("RAY_ADDRESS") or "local"
+        if address == "local" and ray_cfg.worker_niceness is not None:
+            kwargs.setdefault("_system_config", {})["worker_niceness"] = ray_cfg.worker_niceness
         ray.init(address=address, num_cpus=ray_cfg.num_cpus, include_dashboard=False, **kwargs)
 
 

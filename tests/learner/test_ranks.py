@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -66,3 +67,22 @@ def test_ray_actor_group_takes_a_sharded_step(tmp_path: Path) -> None:
     assert stats[0]["loss"] == pytest.approx(expected, rel=1e-5)
     assert weights[1] == {} and weights[0].keys() == model.state_dict().keys()  # gathered on rank 0 only
     assert not torch.equal(weights[0]["lm_head.weight"], model.state_dict()["lm_head.weight"])
+
+
+def _niceness() -> int:
+    return os.nice(0)
+
+
+def test_ray_started_here_runs_its_workers_at_the_configured_niceness() -> None:
+    ray = pytest.importorskip("ray")
+    from codepercept_rl.learner.actor import init_ray
+
+    seen = {}
+    for setting in (0, None):  # None: Ray's own default (15), below the driver
+        init_ray(RayConfig(num_cpus=1, worker_niceness=setting), log_to_driver=False)
+        try:
+            seen[setting] = ray.get(ray.remote(num_cpus=1)(_niceness).remote())
+        finally:
+            ray.shutdown()
+    assert seen[0] == os.nice(0)  # the same as the process that started Ray
+    assert seen[None] > seen[0]
