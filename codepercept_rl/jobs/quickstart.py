@@ -221,14 +221,17 @@ def _evaluate_stage(
     Returns the seconds each part took (``eval_<stage>``, ``eval_<stage>_sampled``, ``score_<stage>``).
     """
     seconds: dict[str, float] = {}
-    job = pool.submit(_greedy_eval, out, data, name, model, args) if pool is not None else None
-    greedy = None if job is not None else _collect(seconds, _greedy_eval, out, data, name, model, args)
+    job = greedy = None
+    if pool is not None:
+        job = pool.submit(_greedy_eval, out, data, name, model, args)
+    else:
+        greedy = _timed(seconds, f"eval_{name}", _stage_eval, out, data, name, model, args)
     sampled = None
     if args.samples:
         sampled = _timed(seconds, f"eval_{name}_sampled", _stage_sampled, out, data, name, model, args)
     if job is not None:
-        greedy = _collect(seconds, job.result)
-    dest = out / "eval" / f"{name}-scores.json"
+        greedy, seconds[f"eval_{name}"] = job.result()
+    dest = _scores_path(out, name)
     if not dest.is_file():
         _timed(seconds, f"score_{name}", _score_stage, out, data, greedy, sampled, dest, args)
     return seconds
@@ -236,17 +239,16 @@ def _evaluate_stage(
 
 def _greedy_eval(
     out: Path, data: Path, name: str, model: Path, args: argparse.Namespace
-) -> tuple[Path, dict[str, float]]:
-    """``_stage_eval`` and the seconds it took (``{"eval_<stage>": s}``); picklable for the child process."""
+) -> tuple[Path, float]:
+    """``_stage_eval`` and the seconds it took, as a job for the child process."""
     seconds: dict[str, float] = {}
-    return _timed(seconds, f"eval_{name}", _stage_eval, out, data, name, model, args), seconds
+    key = f"eval_{name}"
+    return _timed(seconds, key, _stage_eval, out, data, name, model, args), seconds[key]
 
 
-def _collect(seconds: dict[str, float], fn: Any, *a: Any) -> Any:
-    """``fn(*a)`` returns ``(result, its seconds)``: the seconds go into ``seconds``, the result is returned."""
-    result, part = fn(*a)
-    seconds.update(part)
-    return result
+def _scores_path(out: Path, name: str) -> Path:
+    """Where a stage's answers scored with R1's reward are (``_evaluate_stage``)."""
+    return out / "eval" / f"{name}-scores.json"
 
 
 def _timed(seconds: dict[str, float], key: str, fn: Any, *a: Any) -> Any:
@@ -277,16 +279,6 @@ def _score_stage(
     finally:
         backend.close()
     atomic_write_json(dest, scores)
-
-
-def _evaluate_stages(
-    out: Path, data: Path, models: dict[str, Path], args: argparse.Namespace
-) -> dict[str, float]:
-    """``_evaluate_stage`` for several stages in turn (the unit a background process runs)."""
-    seconds: dict[str, float] = {}
-    for name, model in models.items():
-        seconds.update(_evaluate_stage(out, data, name, model, args))
-    return seconds
 
 
 def _r1_config(out: Path, overrides: Sequence[str] = ()) -> Any:
@@ -432,7 +424,7 @@ def build_report(
     Args:
         greedy: the greedy eval run of each stage (its scores are ``DIR/eval/<stage>-scores.json``).
     """
-    scores = {name: json.loads((out / "eval" / f"{name}-scores.json").read_text()) for name in greedy}
+    scores = {name: json.loads(_scores_path(out, name).read_text()) for name in greedy}
     by_greedy = {name: s["greedy"] for name, s in scores.items()}
     by_sample = {name: _average(s["sampled"]) for name, s in scores.items() if s["sampled"]}
     cfg = _r1_config(out, settings.get("r1_override", []))
@@ -646,9 +638,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # process samples.
     spawn = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=1, mp_context=spawn, initializer=_background_process) as pool:
-        earlier = [pool.submit(_evaluate_stages, out, data, {"base": models["base"]}, args)]
+        earlier = [pool.submit(_evaluate_stage, out, data, "base", models["base"], args)]
         models["s1"] = _timed(seconds, "s1", _stage_s1, out, data, args)
-        earlier.append(pool.submit(_evaluate_stages, out, data, {"s1": models["s1"]}, args))
+        earlier.append(pool.submit(_evaluate_stage, out, data, "s1", models["s1"], args))
         if not args.skip_r1:
             models["r1"] = _timed(seconds, "r1", _stage_r1, out, data, models["s1"], args)
         for job in earlier:
