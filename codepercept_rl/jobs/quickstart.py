@@ -1,7 +1,7 @@
 """``codepercept-rl quickstart --out DIR``: the whole idea on one CPU machine — data -> S1 -> R1 -> evaluation.
 
     make quickstart                                # set-up + this job into runs/quickstart
-    codepercept-rl quickstart --out runs/quickstart [--num 600] [--s1-epochs 15] [--r1-steps 60] [--samples 12]
+    codepercept-rl quickstart --out runs/quickstart [--num 600] [--s1-epochs 10] [--r1-steps 75] [--samples 12]
 
 Stages, each an ordinary job of this project run with its recipe and overrides (rerunning the command
 resumes: a stage whose output exists is skipped, a half-done S1 / R1 run resumes from its checkpoint):
@@ -14,11 +14,11 @@ resumes: a stage whose output exists is skipped, a half-done S1 / R1 run resumes
 4. ``eval``: the untrained model, S1 and R1 on the held-out test split: greedy answers with ``codepercept-rl
    eval`` (``DIR/eval/<stage>``: STEM2Code-style results, report, HTML gallery), and ``--samples`` answers per
    item sampled as R1's rollouts are (``--sample-temperature`` / ``--sample-top-p``, the recipe's rollout
-   settings; ``DIR/eval/<stage>-sampled/answers.jsonl``, one engine call per stage); every answer then runs in
-   the sandbox and is scored with R1's own reward (the reward section of the R1 config: the paper's
-   ``codepercept`` reward in the tiny recipe; ``DIR/eval/<stage>-scores.json``). A niced child process
-   evaluates the untrained model while S1 trains and S1 while R1 trains (training keeps about one of the two
-   cores busy);
+   settings; ``DIR/eval/<stage>-sampled/answers.jsonl``, one engine call per stage); every answer runs in the
+   sandbox and is scored with R1's own reward (the reward section of the R1 config: the paper's ``codepercept``
+   reward in the tiny recipe; ``DIR/eval/<stage>-scores.json``), each micro-batch while the next one is
+   sampled (as R1 scores its rollouts). A niced child process evaluates the untrained model while S1 trains
+   and S1 while R1 trains (training keeps about one of the two cores busy);
 5. ``report``: per stage, exec rate, mean reward with a bootstrap 95% CI over items and the mean of each
    reward component; the paired R1 - S1 difference with its paired bootstrap CI. The headline protocol is
    avg@k — per item, the mean reward of the k sampled answers, i.e. the held-out value of the objective GRPO
@@ -52,7 +52,7 @@ import multiprocessing
 import os
 import time
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +109,9 @@ def _stage_s1(out: Path, data: Path, args: argparse.Namespace) -> Path:
     s1 = data / "exports" / "s1"
     return _training_stage(out, "s1", sft, "s1_tiny_cpu.yaml", [
         f"trainer.total_epochs={args.s1_epochs}",
+        # Three code rows per caption row: an epoch keeps its length (the dataset's rows), so 10 epochs show the
+        # model as many code rows as 15 epochs of the recipe's 1:1 mix, in two thirds of the steps.
+        "sft.task_ratio={caption: 1, code: 3}",
         "trainer.test_freq=220",  # validation (loss + sandboxed generation check) and checkpoints: a few per run
         "trainer.save_freq=220",
         f"trainer.seed={args.seed}",
@@ -165,44 +168,109 @@ def _stage_eval(out: Path, data: Path, name: str, model: Path, args: argparse.Na
     return dest
 
 
-def _stage_sampled(out: Path, data: Path, name: str, model: Path, args: argparse.Namespace) -> Path:
+def _stage_sampled(
+    out: Path, data: Path, name: str, model: Path, args: argparse.Namespace, scorer: _Scorer
+) -> list[dict[str, dict[str, Any]]]:
     """``--samples`` answers per held-out item, sampled as R1's rollouts are (``--sample-temperature``,
     ``--sample-top-p``), all in one engine call: ``DIR/eval/<stage>-sampled/answers.jsonl``, one row per item
-    ``{"id", "answers": [text, ...], "finish_reasons": [...]}``. Generation only: the report runs and scores
-    every answer in the sandbox. The untrained model gets one answer per item (it writes no code; more
-    would only cost time)."""
+    ``{"id", "answers": [text, ...], "finish_reasons": [...]}``. Every answer goes to ``scorer`` as soon as
+    its micro-batch is generated, so the sandboxes score one micro-batch while the next one is sampled (the
+    answers and the random stream are those of an unscored call). The untrained model gets one answer per item
+    (it writes no code; more would only cost time).
+
+    Returns the scored answers, one ``{item id: scored}`` dict per sample index. An existing answers file is
+    scored without sampling again.
+    """
     import torch
 
     from codepercept_rl.eval.bench import load_bench
     from codepercept_rl.eval.generate import GenRequest, rollout_prompt
     from codepercept_rl.models import load_model
-    from codepercept_rl.rollout import HFRolloutEngine, SamplingParams
+    from codepercept_rl.rollout import Completion, HFRolloutEngine, SamplingParams
     from data_tools.prompts import S1_CODE_PROMPT
 
     dest = out / "eval" / f"{name}-sampled" / "answers.jsonl"
     if dest.is_file():
-        log.info("eval %s sampled: %s exists, skipped", name, dest)
-        return dest
-    torch.set_num_threads(1)
-    items = load_bench(data / "exports" / "s1" / "test.jsonl")
-    loaded, processor = load_model(str(model))
-    engine = HFRolloutEngine(loaded, processor, micro_batch_size=args.eval_batch_size)
-    params = SamplingParams(
-        n=args.samples if name != "base" else 1,
-        temperature=args.sample_temperature,
-        top_p=args.sample_top_p,
-        max_tokens=args.max_tokens,
-        seed=args.seed + 1000,
-    )
-    # The exact question the models were trained on (its <image> tag places the image as in training).
-    prompts = [rollout_prompt(GenRequest(it.id, it.read_image(), S1_CODE_PROMPT)) for it in items]
-    groups = engine.generate(prompts, params)
-    rows = [
-        {"id": it.id, "answers": [c.text for c in g], "finish_reasons": [c.finish_reason for c in g]}
-        for it, g in zip(items, groups, strict=True)
-    ]
-    atomic_write_text(dest, "".join(json.dumps(r) + "\n" for r in rows))
-    return dest
+        log.info("eval %s sampled: %s exists, scoring it", name, dest)
+        rows = [json.loads(line) for line in dest.read_text().splitlines() if line.strip()]
+        for row in rows:
+            for j, text in enumerate(row["answers"]):
+                scorer.add((j, row["id"]), row["id"], text)
+    else:
+        torch.set_num_threads(1)
+        items = load_bench(data / "exports" / "s1" / "test.jsonl")
+        loaded, processor = load_model(str(model))
+        engine = HFRolloutEngine(loaded, processor, micro_batch_size=args.eval_batch_size)
+        params = SamplingParams(
+            n=args.samples if name != "base" else 1,
+            temperature=args.sample_temperature,
+            top_p=args.sample_top_p,
+            max_tokens=args.max_tokens,
+            seed=args.seed + 1000,
+        )
+        # The exact question the models were trained on (its <image> tag places the image as in training).
+        prompts = [rollout_prompt(GenRequest(it.id, it.read_image(), S1_CODE_PROMPT)) for it in items]
+
+        def to_scorer(c: Completion) -> None:
+            item_id = items[c.prompt_index].id
+            scorer.add((c.sample_index, item_id), item_id, c.text)
+
+        groups = engine.generate(prompts, params, on_complete=to_scorer)
+        rows = [
+            {"id": it.id, "answers": [c.text for c in g], "finish_reasons": [c.finish_reason for c in g]}
+            for it, g in zip(items, groups, strict=True)
+        ]
+        atomic_write_text(dest, "".join(json.dumps(r) + "\n" for r in rows))
+    scored = scorer.results()
+    runs: list[dict[str, dict[str, Any]]] = [{} for _ in range(max(len(r["answers"]) for r in rows))]
+    for row in rows:
+        for j in range(len(row["answers"])):
+            runs[j][row["id"]] = scored[(j, row["id"])]
+    return runs
+
+
+class _Scorer:
+    """Scores answers with R1's reward in a background thread, ``batch`` at a time, while the caller goes on
+    (generating the next answers). The code runs in the reward backend's sandboxes, never here; the thread
+    only waits on them.
+
+    ``targets`` maps an item id to its image and reference code (the code term).
+    """
+
+    def __init__(
+        self, targets: dict[str, tuple[bytes, str | None]], reward: Any, backend: Any, batch: int
+    ) -> None:
+        self._targets, self._reward, self._backend, self._batch = targets, reward, backend, max(1, batch)
+        self._pending: list[tuple[Any, str, str]] = []
+        self._futures: list[Future] = []
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="quickstart-scorer")
+
+    def add(self, key: Any, item_id: str, text: str | None) -> None:
+        """Queues one answer to item ``item_id`` under ``key``; a full batch starts scoring."""
+        self._pending.append((key, item_id, text or ""))
+        if len(self._pending) >= self._batch:
+            self._flush()
+
+    def results(self) -> dict[Any, dict[str, Any]]:
+        """Every answer queued so far, scored (``{score, components, status}``) by key; waits for them."""
+        self._flush()
+        out: dict[Any, dict[str, Any]] = {}
+        for future in self._futures:
+            out.update(future.result())
+        self._futures = []
+        return out
+
+    def close(self) -> None:
+        self._thread.shutdown(wait=True, cancel_futures=True)
+
+    def _flush(self) -> None:
+        if self._pending:
+            batch, self._pending = self._pending, []
+            self._futures.append(self._thread.submit(self._score, batch))
+
+    def _score(self, batch: list[tuple[Any, str, str]]) -> dict[Any, dict[str, Any]]:
+        scored = _score_answers([(i, t) for _, i, t in batch], self._targets, self._reward, self._backend)
+        return {key: s for (key, _, _), s in zip(batch, scored, strict=True)}
 
 
 def _evaluate_stage(
@@ -215,25 +283,49 @@ def _evaluate_stage(
 ) -> dict[str, float]:
     """Everything the report needs of one stage: greedy eval, sampled answers, and every answer scored with
     R1's reward in the sandbox (``DIR/eval/<stage>-scores.json``: ``{"greedy": {id: scored}, "sampled":
-    [{id: scored}, ...]}``, one dict per sample index). Each part is skipped when its output exists. With
-    ``pool`` (a process free for it), the greedy eval runs there while this process samples.
+    [{id: scored}, ...]}``, one dict per sample index). Sampled answers are scored while they are generated.
+    The greedy eval and the scores are skipped when their outputs exist. With ``pool`` (a process free for
+    it), the greedy eval runs there while this process samples.
 
-    Returns the seconds each part took (``eval_<stage>``, ``eval_<stage>_sampled``, ``score_<stage>``).
+    Returns the seconds each part took (``eval_<stage>``; ``eval_<stage>_sampled``: sampling and scoring
+    together; ``score_<stage>``: the greedy answers' scores).
     """
+    from codepercept_rl.eval.bench import load_bench
+    from codepercept_rl.rewards import build_reward, make_backend
+
     seconds: dict[str, float] = {}
     job = greedy = None
     if pool is not None:
         job = pool.submit(_greedy_eval, out, data, name, model, args)
     else:
         greedy = _timed(seconds, f"eval_{name}", _stage_eval, out, data, name, model, args)
-    sampled = None
-    if args.samples:
-        sampled = _timed(seconds, f"eval_{name}_sampled", _stage_sampled, out, data, name, model, args)
-    if job is not None:
-        greedy, seconds[f"eval_{name}"] = job.result()
     dest = _scores_path(out, name)
-    if not dest.is_file():
-        _timed(seconds, f"score_{name}", _score_stage, out, data, greedy, sampled, dest, args)
+    if dest.is_file():
+        if job is not None:
+            greedy, seconds[f"eval_{name}"] = job.result()
+        return seconds
+    items = load_bench(data / "exports" / "s1" / "test.jsonl")
+    targets = {it.id: (it.read_image(), it.reference_code) for it in items}
+    cfg = _r1_config(out, [*args.r1_override, f"reward.num_workers={args.workers}"])
+    reward, backend = build_reward(cfg.reward), make_backend(cfg.reward)
+    scorer = _Scorer(targets, reward, backend, batch=args.eval_batch_size)
+    try:
+        sampled = []
+        if args.samples:
+            sampled = _timed(
+                seconds, f"eval_{name}_sampled", _stage_sampled, out, data, name, model, args, scorer
+            )
+        if job is not None:
+            greedy, seconds[f"eval_{name}"] = job.result()
+        assert greedy is not None
+        scores = {
+            "greedy": _timed(seconds, f"score_{name}", _greedy_scores, greedy, scorer),
+            "sampled": sampled,
+        }
+    finally:
+        scorer.close()
+        backend.close()
+    atomic_write_json(dest, scores)
     return seconds
 
 
@@ -258,27 +350,6 @@ def _timed(seconds: dict[str, float], key: str, fn: Any, *a: Any) -> Any:
     seconds[key] = time.time() - t
     log.info("quickstart: %s done in %.1fs", key, seconds[key])
     return result
-
-
-def _score_stage(
-    out: Path, data: Path, greedy: Path, sampled: Path | None, dest: Path, args: argparse.Namespace
-) -> None:
-    """Scores a stage's greedy and sampled answers with R1's reward into ``dest`` (``_evaluate_stage``)."""
-    from codepercept_rl.eval.bench import load_bench
-    from codepercept_rl.rewards import build_reward, make_backend
-
-    items = load_bench(data / "exports" / "s1" / "test.jsonl")
-    targets = {it.id: (it.read_image(), it.reference_code) for it in items}
-    cfg = _r1_config(out, [*args.r1_override, f"reward.num_workers={args.workers}"])
-    reward, backend = build_reward(cfg.reward), make_backend(cfg.reward)
-    try:
-        scores = {
-            "greedy": _greedy_scores(greedy, targets, reward, backend),
-            "sampled": _sampled_scores(sampled, targets, reward, backend) if sampled else [],
-        }
-    finally:
-        backend.close()
-    atomic_write_json(dest, scores)
 
 
 def _r1_config(out: Path, overrides: Sequence[str] = ()) -> Any:
@@ -317,29 +388,17 @@ def _score_answers(
     ]
 
 
-def _greedy_scores(
-    eval_dir: Path, targets: dict[str, tuple[bytes, str | None]], reward: Any, backend: Any
-) -> dict[str, dict[str, Any]]:
+def _greedy_scores(eval_dir: Path, scorer: _Scorer) -> dict[str, dict[str, Any]]:
     """R1's reward of each answer of one greedy eval run: {item id: {score, components, status}}."""
     from codepercept_rl.eval.results import read_results
 
     records = sorted(read_results(eval_dir).values(), key=lambda r: r.get("index", 1 << 30))
-    answers = [(r["id"], (r.get("generation") or {}).get("text") or "") for r in records if r.get("id")]
-    return dict(zip([i for i, _ in answers], _score_answers(answers, targets, reward, backend), strict=True))
-
-
-def _sampled_scores(
-    path: Path, targets: dict[str, tuple[bytes, str | None]], reward: Any, backend: Any
-) -> list[dict[str, dict[str, Any]]]:
-    """R1's reward of each sampled answer of ``answers.jsonl``: one {item id: scored} dict per sample index."""
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    answers = [(row["id"], text or "") for row in rows for text in row["answers"]]
-    flat = iter(_score_answers(answers, targets, reward, backend))
-    runs: list[dict[str, dict[str, Any]]] = [{} for _ in range(max(len(r["answers"]) for r in rows))]
-    for row in rows:
-        for j in range(len(row["answers"])):
-            runs[j][row["id"]] = next(flat)
-    return runs
+    ids = [r["id"] for r in records if r.get("id")]
+    for r in records:
+        if r.get("id"):
+            scorer.add(("greedy", r["id"]), r["id"], (r.get("generation") or {}).get("text"))
+    scored = scorer.results()
+    return {i: scored[("greedy", i)] for i in ids}
 
 
 def _average(runs: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
@@ -583,10 +642,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--test-fraction", type=float, default=0.2, help="held-out share for the evaluation")
     p.add_argument("--workers", type=int, default=2, help="sandbox workers (rendering, eval scoring)")
     p.add_argument("--preset", default="tiny", help="tiny model preset (nano, tiny, small)")
-    p.add_argument(
-        "--s1-epochs", type=int, default=15, help="S1 epochs (10 -> 15: held-out colour F1 0.36 -> 0.74)"
-    )
-    p.add_argument("--r1-steps", type=int, default=60)
+    p.add_argument("--s1-epochs", type=int, default=10, help="S1 epochs (of the 1:3 caption:code mix)")
+    p.add_argument("--r1-steps", type=int, default=75, help="R1 GRPO steps")
     p.add_argument("--max-tokens", type=int, default=320, help="eval: new tokens per answer")
     p.add_argument("--samples", type=int, default=12,
                    help="sampled answers per held-out item for the headline avg@k (0: greedy only)")  # fmt: skip

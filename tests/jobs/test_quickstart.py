@@ -95,14 +95,20 @@ def test_quickstart_end_to_end_and_resume(tmp_path: Path) -> None:
         assert len(scores["greedy"]) == n_items[stage] and len(scores["sampled"]) == len(rows[0]["answers"])
         # --samples 2 answers per item (the untrained model: one), each its own draw
         assert {len(r["answers"]) for r in rows} == ({1} if stage == "base" else {2})
+    scores_r1 = json.loads((out / "eval" / "r1-scores.json").read_text())
     s1_rows = [json.loads(line) for line in (out / "eval" / "s1-sampled" / "answers.jsonl").open()]
     assert len({a for r in s1_rows for a in r["answers"]}) > len(s1_rows)
 
-    # Rerunning resumes: every stage is found done, and the report is the same.
+    # Rerunning resumes: every stage is found done, and the report is the same. R1's scores are removed first:
+    # the rerun scores the saved answers afresh, so the same report also shows that scoring while sampling put
+    # every score under its own answer.
+    (out / "eval" / "r1-scores.json").unlink()
     again = _run(out)
     assert again.returncode == 0, again.stderr[-4000:]
     for stage in ("data", "s1", "r1"):
         assert re.search(rf"{stage}: .* exists, skipped", again.stderr), stage
+    assert re.search(r"eval r1 sampled: .* exists, scoring it", again.stderr)
+    assert json.loads((out / "eval" / "r1-scores.json").read_text()) == scores_r1
     second = json.loads((out / "report.json").read_text())
     for name in report["stages"]:
         assert math.isclose(second["stages"][name]["reward_mean"], report["stages"][name]["reward_mean"])
