@@ -166,7 +166,7 @@ def _stage_eval(out: Path, data: Path, name: str, model: Path, args: argparse.Na
 
 
 def _stage_sampled(
-    out: Path, data: Path, name: str, model: Path, args: argparse.Namespace, scorer: _Scorer
+    out: Path, items: list[Any], name: str, model: Path, args: argparse.Namespace, scorer: _Scorer
 ) -> list[dict[str, dict[str, Any]]]:
     """``--samples`` answers per held-out item, sampled as R1's rollouts are (``--sample-temperature``,
     ``--sample-top-p``), all in one engine call: ``DIR/eval/<stage>-sampled/answers.jsonl``, one row per item
@@ -175,12 +175,11 @@ def _stage_sampled(
     answers and the random stream are those of an unscored call). The untrained model gets one answer per item
     (it writes no code; more would only cost time).
 
-    Returns the scored answers, one ``{item id: scored}`` dict per sample index. An existing answers file is
-    scored without sampling again.
+    ``items`` are the held-out bench items. Returns the scored answers, one ``{item id: scored}`` dict per
+    sample index. An existing answers file is scored without sampling again.
     """
     import torch
 
-    from codepercept_rl.eval.bench import load_bench
     from codepercept_rl.eval.generate import GenRequest, rollout_prompt
     from codepercept_rl.models import load_model
     from codepercept_rl.rollout import Completion, HFRolloutEngine, SamplingParams
@@ -192,10 +191,9 @@ def _stage_sampled(
         rows = [json.loads(line) for line in dest.read_text().splitlines() if line.strip()]
         for row in rows:
             for j, text in enumerate(row["answers"]):
-                scorer.add((j, row["id"]), row["id"], text)
+                scorer.add((j, row["id"]), text)
     else:
         torch.set_num_threads(1)
-        items = load_bench(data / "exports" / "s1" / "test.jsonl")
         loaded, processor = load_model(str(model))
         engine = HFRolloutEngine(loaded, processor, micro_batch_size=args.eval_batch_size)
         params = SamplingParams(
@@ -209,8 +207,7 @@ def _stage_sampled(
         prompts = [rollout_prompt(GenRequest(it.id, it.read_image(), S1_CODE_PROMPT)) for it in items]
 
         def to_scorer(c: Completion) -> None:
-            item_id = items[c.prompt_index].id
-            scorer.add((c.sample_index, item_id), item_id, c.text)
+            scorer.add((c.sample_index, items[c.prompt_index].id), c.text)
 
         groups = engine.generate(prompts, params, on_complete=to_scorer)
         rows = [
@@ -231,27 +228,28 @@ class _Scorer:
     (generating the next answers). The code runs in the reward backend's sandboxes, never here; the thread
     only waits on them.
 
-    ``targets`` maps an item id to its image and reference code (the code term).
+    ``targets`` maps an item id to its image and reference code (the code term); an answer is queued under a
+    key ``(tag, item id)``.
     """
 
     def __init__(
         self, targets: dict[str, tuple[bytes, str | None]], reward: Any, backend: Any, batch: int
     ) -> None:
         self._targets, self._reward, self._backend, self._batch = targets, reward, backend, max(1, batch)
-        self._pending: list[tuple[Any, str, str]] = []
+        self._pending: list[tuple[tuple[Any, str], str]] = []
         self._futures: list[Future] = []
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="quickstart-scorer")
 
-    def add(self, key: Any, item_id: str, text: str | None) -> None:
-        """Queues one answer to item ``item_id`` under ``key``; a full batch starts scoring."""
-        self._pending.append((key, item_id, text or ""))
+    def add(self, key: tuple[Any, str], text: str | None) -> None:
+        """Queues one answer to item ``key[1]``; a full batch starts scoring."""
+        self._pending.append((key, text or ""))
         if len(self._pending) >= self._batch:
             self._flush()
 
-    def results(self) -> dict[Any, dict[str, Any]]:
+    def results(self) -> dict[tuple[Any, str], dict[str, Any]]:
         """Every answer queued so far, scored (``{score, components, status}``) by key; waits for them."""
         self._flush()
-        out: dict[Any, dict[str, Any]] = {}
+        out: dict[tuple[Any, str], dict[str, Any]] = {}
         for future in self._futures:
             out.update(future.result())
         self._futures = []
@@ -265,9 +263,9 @@ class _Scorer:
             batch, self._pending = self._pending, []
             self._futures.append(self._thread.submit(self._score, batch))
 
-    def _score(self, batch: list[tuple[Any, str, str]]) -> dict[Any, dict[str, Any]]:
-        scored = _score_answers([(i, t) for _, i, t in batch], self._targets, self._reward, self._backend)
-        return {key: s for (key, _, _), s in zip(batch, scored, strict=True)}
+    def _score(self, batch: list[tuple[tuple[Any, str], str]]) -> dict[tuple[Any, str], dict[str, Any]]:
+        scored = _score_answers([(k[1], t) for k, t in batch], self._targets, self._reward, self._backend)
+        return {key: s for (key, _), s in zip(batch, scored, strict=True)}
 
 
 def _evaluate_stage(
@@ -310,7 +308,7 @@ def _evaluate_stage(
         sampled = []
         if args.samples:
             sampled = _timed(
-                seconds, f"eval_{name}_sampled", _stage_sampled, out, data, name, model, args, scorer
+                seconds, f"eval_{name}_sampled", _stage_sampled, out, items, name, model, args, scorer
             )
         if job is not None:
             greedy, seconds[f"eval_{name}"] = job.result()
@@ -390,10 +388,11 @@ def _greedy_scores(eval_dir: Path, scorer: _Scorer) -> dict[str, dict[str, Any]]
     from codepercept_rl.eval.results import read_results
 
     records = sorted(read_results(eval_dir).values(), key=lambda r: r.get("index", 1 << 30))
-    ids = [r["id"] for r in records if r.get("id")]
+    ids = []
     for r in records:
         if r.get("id"):
-            scorer.add(("greedy", r["id"]), r["id"], (r.get("generation") or {}).get("text"))
+            ids.append(r["id"])
+            scorer.add(("greedy", r["id"]), (r.get("generation") or {}).get("text"))
     scored = scorer.results()
     return {i: scored[("greedy", i)] for i in ids}
 
