@@ -14,6 +14,11 @@ families ``shapes`` and ``bars``, rendered in the sandbox, then ``data export --
     gloo, fp32, one thread per rank), after one warm-up step, at 1 and 2 processes (local spawn), with and
     without length grouping; ratios. On 2 cores two ranks share the machine, so expect no speed-up there;
     the figure shows what the sharding and the collectives cost.
+(d) two torch threads, one rank: median seconds per step before and after a checkpoint save, saved with
+    ``Learner.save_checkpoint`` (on one rank DCP runs without collectives) against ``dcp.save`` through the
+    gloo process group (torch's default, what this project did before); each in a fresh process; ratio.
+    Through gloo, DCP's collectives leave OpenMP teams on gloo's threads, libgomp then stops spin-waiting,
+    and every later parallel region pays futex sleeps (``learner/checkpoint.py``).
 (c) with CUDA only: model-FLOPs utilisation of one ``train_step`` of a randomly initialised model of
     Qwen2.5-VL-3B's sizes in bf16 on one GPU: ``MFU = 6 * n_params * tokens/s / peak`` (attention FLOPs not
     counted; peak from ``--peak-tflops``, default 989 for H100/H200 dense bf16). Skipped with a message on CPU.
@@ -136,6 +141,61 @@ def throughput_table(jsonl: Path, preset: str, steps: int, batch: int, micro: in
               f"{world:>6} {rate[False]:>12.0f} {rate[True]:>10.0f} {rate[True] / rate[False]:>6.2f}x")  # fmt: skip
 
 
+def save_rank(jsonl: str, preset: str, steps: int, batch: int, micro: int, how: str) -> dict[str, float]:
+    """Two-thread steps before and after one save (``how``: ``learner`` or ``dcp``); median seconds of each."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    torch.set_num_threads(2)
+    learner = Learner(learner_config(preset, 2 * steps + 1))
+    ds = S1Dataset([jsonl], learner.processor, max_length=1024)
+    batches = global_batches(mixture_order(ds.tasks, {}, seed=0, epoch=0), batch)
+    tok = learner.processor.tokenizer
+
+    def timed(n: int) -> float:
+        times = []
+        for _ in range(n):
+            indices = batches[learner.step % len(batches)]
+            micro_batches = [collate([ds[i] for i in idx], tok.pad_token_id, learner.processor.image_token_id)
+                             for idx in rank_micro_batches(indices, ds.lengths, 0, 1, micro, True)]  # fmt: skip
+            t0 = time.perf_counter()
+            learner.train_step(
+                micro_batches, sft_loss, normalizer=sum(float(ds[i].loss_mask.sum()) for i in indices)
+            )
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times)
+
+    timed(1)  # warm-up
+    before = timed(steps)
+    with tempfile.TemporaryDirectory() as tmp:
+        if how == "learner":
+            learner.save_checkpoint(tmp)
+        else:
+            model_sd, optim_sd = get_state_dict(learner.model, learner.optimizer)
+            dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=tmp)
+    after = timed(steps)
+    from codepercept_rl.learner.dist import destroy_distributed
+
+    destroy_distributed()
+    return {"before": before, "after": after}
+
+
+def save_table(jsonl: Path, preset: str, steps: int, batch: int, micro: int, repeats: int) -> None:
+    print(f"\n(d) seconds per step with 2 torch threads, before / after one checkpoint save ({preset} model, "
+          f"{steps} steps each side x {repeats} repeats, median)")  # fmt: skip
+    print(f"{'saved with':>26} {'before':>8} {'after':>8} {'after/before':>13}")
+    after = {}
+    for how, label in (("dcp", "dcp.save through gloo"), ("learner", "Learner.save_checkpoint")):
+        runs = [run_on_ranks(save_rank, 1, str(jsonl), preset, steps, batch, micro, how,
+                             ray_cfg=RayConfig(enabled=False))[0] for _ in range(repeats)]  # fmt: skip
+        before = statistics.median(r["before"] for r in runs)
+        after[how] = statistics.median(r["after"] for r in runs)
+        print(f"{label:>26} {before:>8.3f} {after[how]:>8.3f} {after[how] / before:>12.2f}x")
+    print(
+        f"steps after the save: Learner.save_checkpoint {after['dcp'] / after['learner']:.2f}x as fast as dcp.save"
+    )
+
+
 def qwen25_vl_3b_sized_model() -> torch.nn.Module:
     """A random model with Qwen2.5-VL-3B-Instruct's sizes (no download; only the shapes matter for FLOPs)."""
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
@@ -193,6 +253,7 @@ def main() -> None:
         train = build_s1(Path(tmp), args.items)
         padding_table(train, args.preset, args.batch, args.micro)
         throughput_table(train, args.preset, args.steps, args.batch, args.micro, args.repeats)
+        save_table(train, args.preset, 4 * args.steps, args.batch, args.micro, args.repeats)
     mfu(args.steps, args.gpu_batch, args.gpu_seq, args.peak_tflops)
 
 

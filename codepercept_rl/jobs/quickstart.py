@@ -17,8 +17,8 @@ resumes: a stage whose output exists is skipped, a half-done S1 / R1 run resumes
    settings; ``DIR/eval/<stage>-sampled/answers.jsonl``, one engine call per stage); every answer runs in the
    sandbox and is scored with R1's own reward (the reward section of the R1 config: the paper's ``codepercept``
    reward in the tiny recipe; ``DIR/eval/<stage>-scores.json``), each micro-batch while the next one is
-   sampled (as R1 scores its rollouts). A niced child process evaluates the untrained model while S1 trains
-   and S1 while R1 trains (training keeps about one of the two cores busy);
+   sampled (as R1 scores its rollouts). S1 trains on both cores (two torch threads), after the untrained
+   model's evaluation; a niced child process evaluates S1 while R1 trains (R1 keeps about one core busy);
 5. ``report``: per stage, exec rate, mean reward with a bootstrap 95% CI over items and the mean of each
    reward component; the paired R1 - S1 difference with its paired bootstrap CI. The headline protocol is
    avg@k — per item, the mean reward of the k sampled answers, i.e. the held-out value of the objective GRPO
@@ -111,6 +111,7 @@ def _stage_s1(out: Path, data: Path, args: argparse.Namespace) -> Path:
         f"trainer.total_epochs={args.s1_epochs}",
         "trainer.test_freq=220",  # validation (loss + sandboxed generation check) and checkpoints: a few per run
         "trainer.save_freq=220",
+        "trainer.torch_num_threads=2",  # nothing else runs beside S1 (main): both cores
         f"trainer.seed={args.seed}",
         f"model.tiny_preset={args.preset}",
         f"data.train_files=[{s1 / 'train.jsonl'}]",
@@ -686,20 +687,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args.sample_top_p = rollout.top_p if args.sample_top_p is None else args.sample_top_p
     models = {"base": _base_model(out, args)}
-    # S1 and R1 each keep about one of the two cores busy (one torch thread; R1's reward pool works in bursts),
-    # so the earlier stages are evaluated meanwhile in a child process at a lower CPU priority, where it takes
-    # the cycles training leaves idle instead of slowing it down: the untrained model while S1 trains, S1
-    # while R1 trains. R1's own evaluation has both cores: its greedy eval runs in the child while this
-    # process samples.
+    # S1 trains with two torch threads and has both cores; R1 keeps about one busy (one thread per actor; the
+    # reward pool works in bursts). So the untrained model is evaluated before S1 (its greedy eval in a
+    # child process while this one samples), and S1 while R1 trains, in the child at a lower CPU priority,
+    # where it takes the cycles R1 leaves idle instead of slowing it down. R1's own evaluation has both
+    # cores, split as the untrained model's.
     spawn = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=1, mp_context=spawn, initializer=_background_process) as pool:
-        earlier = [pool.submit(_evaluate_stage, out, data, "base", models["base"], args)]
+        seconds.update(_evaluate_stage(out, data, "base", models["base"], args, pool))
         models["s1"] = _timed(seconds, "s1", _stage_s1, out, data, args)
-        earlier.append(pool.submit(_evaluate_stage, out, data, "s1", models["s1"], args))
+        earlier = pool.submit(_evaluate_stage, out, data, "s1", models["s1"], args)
         if not args.skip_r1:
             models["r1"] = _timed(seconds, "r1", _stage_r1, out, data, models["s1"], args)
-        for job in earlier:
-            seconds.update(job.result())
+        seconds.update(earlier.result())
         if not args.skip_r1:
             seconds.update(_evaluate_stage(out, data, "r1", models["r1"], args, pool))
     greedy = {name: out / "eval" / name for name in models}

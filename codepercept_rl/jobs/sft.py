@@ -153,7 +153,8 @@ def setup(cfg: JobConfig, resume: bool = False) -> SFTRun:
         )  # fmt: skip
         if val is not None and cfg.sft.gen_num_samples > 0:
             run.pool = _start_pool(cfg)
-    skipped = {f"data/skipped_{k}": v for k, v in (train.skipped + (val.skipped if val else {})).items()}
+    counts = train.skipped + val.skipped if val is not None else train.skipped
+    skipped = {f"data/skipped_{k}": v for k, v in counts.items()}
     run.summary.update(train_rows=len(train), val_rows=len(val) if val else 0, world_size=world, **skipped)
     log.info("rank %d/%d: %d train rows (%d skipped), %d steps from step %d", rank, world, len(train),
              sum(train.skipped.values()), total, learner.step)  # fmt: skip

@@ -125,6 +125,17 @@ def test_refuses_missing_data_and_resume_without_checkpoint(tmp_path: Path) -> N
         main([str(RECIPE), *args, "trainer.resume_mode=disable"])
 
 
+def test_runs_without_validation_files(tmp_path: Path) -> None:
+    train, val = s1_files(tmp_path, n_train=4, n_val=1)
+    args = [*overrides(train, val, tmp_path / "runs", 2), "data.val_files=[]"]
+    assert main([str(RECIPE), *args]) == 0
+    records = read_metrics(tmp_path / "runs" / "t")
+    assert [r["step"] for r in records] == [1, 2]
+    assert not any(k.startswith("val/") for r in records for k in r)
+    summary = json.loads((tmp_path / "runs" / "t" / "summary.json").read_text())
+    assert summary["val_rows"] == 0 and summary["train_rows"] == 4
+
+
 @pytest.mark.timeout(300)
 def test_short_run_learns_and_its_generated_code_executes_in_the_sandbox(tmp_path: Path) -> None:
     train, val = s1_files(tmp_path, n_train=24, n_val=4)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
 from transformers import AutoModelForImageTextToText
 
 from codepercept_rl.config.schema import ModelConfig, OptimConfig
@@ -81,6 +82,19 @@ def test_checkpoints_are_atomic_and_pruned(batches, tmp_path: Path) -> None:
     learner.save_checkpoint(tmp_path, keep=2)  # step 3 again: replaces it whole, cleans the temp folder
     assert not (tmp_path / ".tmp-step_000004").exists()
     assert [s for s, _ in list_checkpoints(tmp_path)] == [2, 3]
+
+
+def test_single_rank_checkpoint_runs_no_collectives(batches, tmp_path: Path) -> None:
+    # DCP's collectives through gloo leave OpenMP teams on gloo's threads, and every later step with two
+    # torch threads then slows down (checkpoint module docstring): one rank saves and loads without them.
+    a = Learner(CFG)
+    step(a, batches[0])
+    assert dist.is_initialized() and dist.get_world_size() == 1
+    group = dist.distributed_c10d._get_default_group()
+    before = group._get_sequence_number_for_group()
+    a.load_checkpoint(a.save_checkpoint(tmp_path))
+    assert group._get_sequence_number_for_group() == before
+    assert a.step == 1
 
 
 def test_export_reloads_with_from_pretrained_and_generates(batches, tmp_path: Path) -> None:
