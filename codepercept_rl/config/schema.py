@@ -48,7 +48,7 @@ class TrainerConfig:
     test_freq: int = -1  # steps between validations; -1: only at the end
     resume_mode: Literal["auto", "disable"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    torch_num_threads: int = 1  # intra-op threads; one leaves the other core to reward workers and other ranks
+    torch_num_threads: int = 1  # intra-op threads; 1 leaves a core to reward workers and other ranks
     nnodes: int = 1  # learner ranks = nnodes * n_gpus_per_node (verl names; on CPU, "gpus" are processes)
     n_gpus_per_node: int = 1
     val_before_train: bool = True

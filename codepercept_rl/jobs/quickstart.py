@@ -17,8 +17,8 @@ resumes: a stage whose output exists is skipped, a half-done S1 / R1 run resumes
    settings; ``DIR/eval/<stage>-sampled/answers.jsonl``, one engine call per stage); every answer runs in the
    sandbox and is scored with R1's own reward (the reward section of the R1 config: the paper's ``codepercept``
    reward in the tiny recipe; ``DIR/eval/<stage>-scores.json``), each micro-batch while the next one is
-   sampled (as R1 scores its rollouts). S1 trains on both cores (two torch threads), after the untrained
-   model's evaluation; a niced child process evaluates S1 while R1 trains (R1 keeps about one core busy);
+   sampled (as R1 scores its rollouts). S1 trains alone on both cores (two torch threads); a niced child
+   process evaluates the untrained model and S1 while R1 trains (R1 keeps about one core busy);
 5. ``report``: per stage, exec rate, mean reward with a bootstrap 95% CI over items and the mean of each
    reward component; the paired R1 - S1 difference with its paired bootstrap CI. The headline protocol is
    avg@k — per item, the mean reward of the k sampled answers, i.e. the held-out value of the objective GRPO
@@ -687,19 +687,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args.sample_top_p = rollout.top_p if args.sample_top_p is None else args.sample_top_p
     models = {"base": _base_model(out, args)}
-    # S1 trains with two torch threads and has both cores; R1 keeps about one busy (one thread per actor; the
-    # reward pool works in bursts). So the untrained model is evaluated before S1 (its greedy eval in a
-    # child process while this one samples), and S1 while R1 trains, in the child at a lower CPU priority,
-    # where it takes the cycles R1 leaves idle instead of slowing it down. R1's own evaluation has both
-    # cores, split as the untrained model's.
+    # S1 trains alone with two torch threads (both cores). R1 keeps about one core busy (one thread per actor;
+    # the reward pool works in bursts), so the untrained model and S1 are evaluated meanwhile in a child process
+    # at a lower CPU priority, where it takes the cycles R1 leaves idle instead of slowing it down. R1's own
+    # evaluation has both cores: its greedy eval runs in the child while this process samples.
     spawn = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=1, mp_context=spawn, initializer=_background_process) as pool:
-        seconds.update(_evaluate_stage(out, data, "base", models["base"], args, pool))
         models["s1"] = _timed(seconds, "s1", _stage_s1, out, data, args)
-        earlier = pool.submit(_evaluate_stage, out, data, "s1", models["s1"], args)
+        earlier = [
+            pool.submit(_evaluate_stage, out, data, name, models[name], args) for name in ("base", "s1")
+        ]
         if not args.skip_r1:
             models["r1"] = _timed(seconds, "r1", _stage_r1, out, data, models["s1"], args)
-        seconds.update(earlier.result())
+        for job in earlier:
+            seconds.update(job.result())
         if not args.skip_r1:
             seconds.update(_evaluate_stage(out, data, "r1", models["r1"], args, pool))
     greedy = {name: out / "eval" / name for name in models}
