@@ -68,27 +68,31 @@ def learner_config(preset: str, steps: int) -> LearnerConfig:
     )
 
 
+def timed_step(learner: Learner, ds: S1Dataset, indices: list[int], micro: int, grouped: bool) -> float:
+    """One ``train_step`` on this rank's share of the global batch ``indices``; returns its seconds."""
+    rank, world = learner.dist.rank, learner.dist.world_size
+    tok = learner.processor.tokenizer
+    micro_batches = [collate([ds[i] for i in idx], tok.pad_token_id, learner.processor.image_token_id)
+                     for idx in rank_micro_batches(indices, ds.lengths, rank, world, micro, grouped)]  # fmt: skip
+    t0 = time.perf_counter()
+    learner.train_step(micro_batches, sft_loss, normalizer=sum(float(ds[i].loss_mask.sum()) for i in indices))
+    return time.perf_counter() - t0
+
+
 def bench_rank(
     jsonl: str, preset: str, steps: int, batch: int, micro: int, grouped: bool
 ) -> dict[str, float]:
     """One rank's timed loop; returns global real tokens and seconds of the timed steps."""
     torch.set_num_threads(1)
     learner = Learner(learner_config(preset, steps))
-    rank, world = learner.dist.rank, learner.dist.world_size
     ds = S1Dataset([jsonl], learner.processor, max_length=1024)
     batches = global_batches(mixture_order(ds.tasks, {}, seed=0, epoch=0), batch)
-    tok = learner.processor.tokenizer
     tokens = seconds = 0.0
     for s in range(steps + 1):
         indices = batches[s % len(batches)]
-        micro_batches = [collate([ds[i] for i in idx], tok.pad_token_id, learner.processor.image_token_id)
-                         for idx in rank_micro_batches(indices, ds.lengths, rank, world, micro, grouped)]  # fmt: skip
-        t0 = time.perf_counter()
-        learner.train_step(
-            micro_batches, sft_loss, normalizer=sum(float(ds[i].loss_mask.sum()) for i in indices)
-        )
+        dt = timed_step(learner, ds, indices, micro, grouped)
         if s > 0:  # step 0 is the warm-up (allocations, first gathers)
-            seconds += time.perf_counter() - t0
+            seconds += dt
             tokens += sum(ds.lengths[i] for i in indices)
     from codepercept_rl.learner.dist import destroy_distributed
 
@@ -150,20 +154,11 @@ def save_rank(jsonl: str, preset: str, steps: int, batch: int, micro: int, how: 
     learner = Learner(learner_config(preset, 2 * steps + 1))
     ds = S1Dataset([jsonl], learner.processor, max_length=1024)
     batches = global_batches(mixture_order(ds.tasks, {}, seed=0, epoch=0), batch)
-    tok = learner.processor.tokenizer
 
     def timed(n: int) -> float:
-        times = []
-        for _ in range(n):
-            indices = batches[learner.step % len(batches)]
-            micro_batches = [collate([ds[i] for i in idx], tok.pad_token_id, learner.processor.image_token_id)
-                             for idx in rank_micro_batches(indices, ds.lengths, 0, 1, micro, True)]  # fmt: skip
-            t0 = time.perf_counter()
-            learner.train_step(
-                micro_batches, sft_loss, normalizer=sum(float(ds[i].loss_mask.sum()) for i in indices)
-            )
-            times.append(time.perf_counter() - t0)
-        return statistics.median(times)
+        return statistics.median(
+            timed_step(learner, ds, batches[learner.step % len(batches)], micro, True) for _ in range(n)
+        )
 
     timed(1)  # warm-up
     before = timed(steps)

@@ -109,15 +109,19 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _world() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
 def _barrier() -> None:
-    if dist.is_initialized() and dist.get_world_size() > 1:
+    if _world() > 1:
         dist.barrier()
 
 
 def _dcp(fn: Any, state: dict[str, Any], path: Path, **kwargs: Any) -> Any:
     """``dcp.save`` / ``dcp.load`` of ``state`` at ``path``, without collectives on a single rank (module
     docstring: they would slow later multi-threaded steps down)."""
-    if dist.is_initialized() and dist.get_world_size() > 1:
+    if _world() > 1:
         return fn(state, checkpoint_id=str(path), **kwargs)
     with warnings.catch_warnings():  # "assuming the intent is to save in a single process": it is
         warnings.filterwarnings("ignore", message=".*single process", category=UserWarning)
@@ -149,7 +153,7 @@ def save_checkpoint(
     """
     root = Path(root)
     rank = dist.get_rank() if dist.is_initialized() else 0
-    world = dist.get_world_size() if dist.is_initialized() else 1
+    world = _world()
     final = _step_dir(root, step)
     tmp = root / f".tmp-{final.name}"
     if rank == 0:
@@ -215,7 +219,7 @@ def load_checkpoint(
         options=StateDictOptions(strict=False),
     )  # fmt: skip
     src_rank = rank % int(meta["world_size"])
-    if src_rank != rank or int(meta["world_size"]) != (dist.get_world_size() if dist.is_initialized() else 1):
+    if src_rank != rank or int(meta["world_size"]) != _world():
         log.warning(
             "checkpoint %s was written by %d rank(s); rank %d takes RNG/extra state of rank %d (not bit-exact)",
             path, meta["world_size"], rank, src_rank,
