@@ -40,7 +40,15 @@ def test_on_policy_update_skips_the_old_log_prob_forward_and_matches_the_recompu
         try:
             learner = _learner(run)
             initial = learner.state_dict_for_rollout()
+            forwards = []  # a spy on the real method: how many no-grad log-prob passes the step ran
+
+            def counted(*args, _real=learner.forward_logprobs_batches, _seen=forwards, **kwargs):
+                _seen.append(1)
+                return _real(*args, **kwargs)
+
+            learner.forward_logprobs_batches = counted
             metrics = grpo_step(run)
+            del learner.forward_logprobs_batches
             weights = {k: v.clone() for k, v in learner.state_dict_for_rollout().items()}
             if not recompute:
                 # Colocated on one fp32 rank: the rollout module's parameters are the learner's own storage,
@@ -49,14 +57,13 @@ def test_on_policy_update_skips_the_old_log_prob_forward_and_matches_the_recompu
                 for name, param in rollout.named_parameters():
                     source = learner.model.get_parameter(name).to_local()
                     assert param.data_ptr() == source.data_ptr(), name
-                assert metrics["timing_s/update_weights"] < 0.5
         finally:
             cleanup(run)
+        assert len(forwards) == (1 if recompute else 0)
         results[recompute] = (metrics, weights)
         assert any(not torch.equal(weights[k], initial[k]) for k in initial)  # the step updated the policy
     (slow, slow_w), (fast, fast_w) = results[True], results[False]
     assert slow["actor/old_log_prob_recomputed"] == 1.0 and fast["actor/old_log_prob_recomputed"] == 0.0
-    assert fast["timing_s/old_log_prob"] < 1e-3 < slow["timing_s/old_log_prob"]
     # Same rollouts (same seeds, same weights), same rewards ...
     for key in ("critic/score/mean", "critic/advantages/max", "response_length/mean"):
         assert fast[key] == slow[key], key

@@ -125,14 +125,42 @@ def _step_metrics(run_dir):
     }
 
 
+GATED_REWARD = """
+import pathlib, sys, time
+sys.path.insert(0, {tests!r})
+from grpo.toy_reward import digit_share as _digit_share
+
+CHECKPOINT = pathlib.Path({checkpoint!r})
+BLOCKED, RELEASE = pathlib.Path({blocked!r}), pathlib.Path({release!r})
+
+def digit_share(samples, backend):
+    # Once the gate's checkpoint is complete, hold the next scoring until released: the run is then
+    # provably mid-step, after that checkpoint, when the test kills it.
+    if CHECKPOINT.is_file() and not RELEASE.exists():
+        BLOCKED.touch()
+        while not RELEASE.exists():
+            time.sleep(0.05)
+    return _digit_share(samples, backend)
+"""
+
+
+def _gated_reward(tmp_path, run_dir, step):
+    """A copy of the toy reward that blocks once ``run_dir``'s checkpoint of ``step`` is complete (same scores)."""
+    gate = {"blocked": str(tmp_path / "gate.blocked"), "release": str(tmp_path / "gate.release")}
+    source = GATED_REWARD.format(tests=str(Path(__file__).resolve().parents[1]), checkpoint=str(
+        run_dir / "checkpoints" / f"step_{step:06d}" / "meta.json"), **gate)  # fmt: skip
+    path = tmp_path / "gated_reward.py"
+    path.write_text(source)
+    return f"{path}:digit_share", Path(gate["blocked"]), Path(gate["release"])
+
+
 @pytest.mark.timeout(900)
 def test_ray_actors_kill9_resume_matches_uninterrupted(r1_files, tmp_path):
     # One optimizer step per GRPO step, so checkpoint step_00000N is GRPO step N.
     steps = ["actor.ppo_mini_batch_size=2", "trainer.total_training_steps=4", "trainer.save_freq=1",
-             "trainer.test_freq=-1", "trainer.val_before_train=false", "ray.enabled=true", "ray.num_cpus=2",
-             f"reward.path={TOY_REWARD}"]  # fmt: skip
+             "trainer.test_freq=-1", "trainer.val_before_train=false", "ray.enabled=true", "ray.num_cpus=2"]  # fmt: skip
     # Uninterrupted reference run.
-    ref = _run_cli(_overrides(r1_files, tmp_path, "full", *steps))
+    ref = _run_cli(_overrides(r1_files, tmp_path, "full", *steps, f"reward.path={TOY_REWARD}"))
     out, _ = ref.communicate(timeout=600)
     assert ref.returncode == 0, out[-4000:]
     for record in read_metrics(tmp_path / "full")[1:]:
@@ -142,19 +170,24 @@ def test_ray_actors_kill9_resume_matches_uninterrupted(r1_files, tmp_path):
     full = _step_metrics(tmp_path / "full")
     assert sorted(full) == [1, 2, 3, 4]
 
-    # Same run, killed with SIGKILL once step 2's checkpoint is complete, then resumed.
-    killed = _run_cli(_overrides(r1_files, tmp_path, "killed", *steps))
-    ckpts = tmp_path / "killed" / "checkpoints"
-    deadline = time.time() + 600
-    while time.time() < deadline and killed.poll() is None:
-        done = [p for p in ckpts.glob("step_*") if not p.name.endswith(".tmp")] if ckpts.exists() else []
-        if any(p.name == "step_000002" and (p / "meta.json").is_file() for p in done):
-            break
-        time.sleep(0.5)
-    assert killed.poll() is None, "the run ended before it could be killed"
-    killed.send_signal(signal.SIGKILL)
-    killed.wait()
-    resumed = _run_cli(_overrides(r1_files, tmp_path, "killed", *steps) + ["--resume"])
+    # Same run, killed with SIGKILL in step 3 (its scoring held by the gated reward, so step 2's checkpoint is
+    # complete and no later one exists), then resumed. No timing is involved: the run cannot end on its own.
+    reward, blocked, release = _gated_reward(tmp_path, tmp_path / "killed", step=2)
+    args = _overrides(r1_files, tmp_path, "killed", *steps, f"reward.path={reward}")
+    with open(tmp_path / "killed.log", "w") as log:
+        killed = subprocess.Popen([sys.executable, "-m", "codepercept_rl.cli", "train", str(RECIPE), *args],
+                                  stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+        while not blocked.exists():
+            assert killed.poll() is None, (tmp_path / "killed.log").read_text()[-4000:]
+            time.sleep(0.1)
+        killed.send_signal(signal.SIGKILL)
+        killed.wait()
+    assert sorted(p.name for p in (tmp_path / "killed" / "checkpoints").glob("step_*")) == [
+        "step_000001",
+        "step_000002",
+    ]
+    release.touch()
+    resumed = _run_cli(args + ["--resume"])
     out, _ = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, out[-4000:]
     again = _step_metrics(tmp_path / "killed")
