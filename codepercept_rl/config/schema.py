@@ -8,7 +8,8 @@ verl name map (ours -> verl ``actor_rollout_ref.*`` / ``algorithm.*``)::
     model.path                       actor_rollout_ref.model.path
     actor.optim.lr                   actor_rollout_ref.actor.optim.lr
     actor.ppo_mini_batch_size        actor_rollout_ref.actor.ppo_mini_batch_size
-    actor.clip_ratio_low/high        actor_rollout_ref.actor.clip_ratio_low/high
+    actor.clip_ratio_low/high/c      actor_rollout_ref.actor.clip_ratio_low/high/c
+    actor.loss_agg_mode              actor_rollout_ref.actor.loss_agg_mode
     actor.kl_loss_coef/type          actor_rollout_ref.actor.kl_loss_coef/type
     rollout.n / temperature / top_p  actor_rollout_ref.rollout.n / temperature / top_p
     algorithm.adv_estimator          algorithm.adv_estimator
@@ -20,6 +21,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Literal
+
+# verl 0.9's KL estimators (``core_algos.kl_penalty``); "<name>+" keeps <name>'s value with k2's gradient.
+KLEstimator = Literal[
+    "kl", "k1", "abs", "mse", "k2", "low_var_kl", "k3",
+    "kl+", "k1+", "abs+", "mse+", "k2+", "low_var_kl+", "k3+",
+]  # fmt: skip
 
 
 @dataclass
@@ -65,7 +72,7 @@ class ModelConfig:
     path: str | None = None  # a Hugging Face folder; None with tiny_preset builds one offline
     tiny_arch: Literal["qwen2_5_vl", "qwen3_vl"] = "qwen2_5_vl"
     tiny_preset: str | None = None
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    dtype: Literal["float32", "bfloat16", "float16", "float64"] = "float32"  # float64: numerical checks
     enable_gradient_checkpointing: bool = False
     freeze_vision_tower: bool = False
     attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
@@ -111,14 +118,15 @@ class ActorConfig:
     ppo_epochs: int = 1
     clip_ratio_low: float = 0.2
     clip_ratio_high: float = 0.2
+    clip_ratio_c: float = 3.0  # dual-clip PPO: for A < 0 the per-token loss is at most -A * c (> 1)
     loss_agg_mode: Literal[
-        "token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"
+        "token-mean", "token-sum", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"
     ] = "token-mean"
     grad_clip: float = 1.0
     entropy_coeff: float = 0.0
     use_kl_loss: bool = False
     kl_loss_coef: float = 0.001
-    kl_loss_type: Literal["k1", "k3", "low_var_kl", "mse"] = "low_var_kl"
+    kl_loss_type: KLEstimator = "low_var_kl"
     # false: when the update is on-policy (ppo_epochs=1 and one mini-batch per rollout batch, verl's actor
     # ``on_policy``), the sampling policy's log-probs are the update's own, detached: the separate old_log_prob
     # forward is skipped (ratio 1, same gradient). true: always run that forward, as verl's trainer does.
@@ -154,7 +162,7 @@ class AlgorithmConfig:
     adv_estimator: Literal["grpo"] = "grpo"
     norm_adv_by_std_in_grpo: bool = True
     use_kl_in_reward: bool = False
-    kl_penalty: Literal["k1", "k3", "low_var_kl", "mse"] = "low_var_kl"
+    kl_penalty: KLEstimator = "low_var_kl"
     kl_coef: float = 0.001
     # DAPO dynamic sampling (verl algorithm.filter_groups): drop groups whose rewards are all equal (no signal),
     # generate for more prompts until train_batch_size groups remain, at most max_num_gen_batches rounds.

@@ -1,9 +1,10 @@
 """GRPO's numbers: group-normalised advantages, the clipped surrogate, KL estimators, loss aggregation, entropy.
 
 Pure tensor functions, no state. Shapes: ``B`` sequences (prompts x group size), ``T`` response tokens. Names and
-conventions match verl's ``verl.trainer.ppo.core_algos`` where the meaning is the same, so configs carry over
-(``clip_ratio_low/high``, ``loss_agg_mode``, ``kl_penalty`` = ``k1|k2|k3|low_var_kl|mse|abs``); a parity test
-against verl runs when the ``verl`` extra is installed.
+conventions match verl 0.9's ``verl.trainer.ppo.core_algos`` where the meaning is the same, so configs carry over
+(``clip_ratio_low/high/c``, ``loss_agg_mode``, ``kl_penalty`` / ``kl_loss_type`` in ``KL_ESTIMATORS``); the
+parity suite ``tests/grpo/test_verl_parity.py`` checks them, and a full update through the learner, against
+verl's own functions. Where we differ from verl on purpose, the function says so (and ``docs/rl_math.md``).
 """
 
 from __future__ import annotations
@@ -12,8 +13,18 @@ from collections.abc import Sequence
 
 import torch
 
-LOSS_AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
-KL_ESTIMATORS = ("k1", "kl", "abs", "k2", "mse", "k3", "low_var_kl")
+LOSS_AGG_MODES = (
+    "token-mean",
+    "token-sum",
+    "seq-mean-token-sum",
+    "seq-mean-token-mean",
+    "seq-mean-token-sum-norm",
+)
+_KL_BASE = ("k1", "kl", "abs", "k2", "mse", "k3", "low_var_kl")
+# "<name>+": the forward value of <name>, the gradient of k2 (straight-through; verl's "k3+" and friends).
+KL_ESTIMATORS = _KL_BASE + tuple(f"{name}+" for name in _KL_BASE)
+LOG_RATIO_CLAMP = 20.0  # |log-ratio| bound before exp (verl's): exp(20) ~ 5e8 is finite in fp32
+K3_CLAMP = 10.0  # bound of the k3 estimate itself (verl's)
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
@@ -65,57 +76,100 @@ def grpo_advantages(
 
 
 def kl_penalty(
-    logprob: torch.Tensor, ref_logprob: torch.Tensor, estimator: str = "low_var_kl"
+    logprob: torch.Tensor,
+    ref_logprob: torch.Tensor,
+    estimator: str = "low_var_kl",
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per-token estimate of KL(pi || pi_ref) from samples of pi.
 
     With ``d = logprob - ref_logprob``:
     ``k1`` (``kl``): ``d``; ``abs``: ``|d|``; ``k2`` (``mse``): ``d^2 / 2``;
-    ``k3`` (``low_var_kl``): ``exp(-d) - (-d) - 1`` clamped to [-10, 10] (Schulman's unbiased, low-variance form).
+    ``k3`` (``low_var_kl``): ``exp(-d') + d' - 1`` with ``d' = clamp(d, -20, 20)``, the result clamped to
+    [-10, 10] (Schulman's unbiased, low-variance form; both clamps are verl's).
+    ``<name>+``: the value of ``<name>`` with the gradient of ``k2`` (straight-through: k1 and k3 are unbiased
+    estimates of the KL but their gradients are not the KL's gradient; k2's is). ``k2+`` / ``mse+`` are ``k2``.
 
     Args:
         logprob: (B, T) log-probs of the sampled tokens under the policy.
         ref_logprob: (B, T) the same under the frozen reference.
         estimator: one of ``KL_ESTIMATORS``.
+        mask: (B, T) response tokens. Elsewhere the estimate is 0 *and carries no gradient*: ``d`` is zeroed
+            before any non-linearity, so a prompt or padding position with a very negative log-prob (whose
+            reference is 0) cannot turn ``exp`` into inf and the gradient into NaN.
 
     Returns:
         (B, T) per-token KL estimates.
     """
+    straight_through = estimator.endswith("+")
+    base = estimator[:-1] if straight_through else estimator
+    if base not in _KL_BASE:
+        raise ValueError(f"unknown KL estimator '{estimator}'; choose from {KL_ESTIMATORS}")
     d = logprob - ref_logprob
-    if estimator in ("k1", "kl"):
-        return d
-    if estimator == "abs":
-        return d.abs()
-    if estimator in ("k2", "mse"):
-        return 0.5 * d.square()
-    if estimator in ("k3", "low_var_kl"):
-        neg = -d
-        return torch.clamp(torch.exp(neg) - neg - 1, min=-10.0, max=10.0)
-    raise ValueError(f"unknown KL estimator '{estimator}'; choose from {KL_ESTIMATORS}")
+    if mask is not None:
+        d = torch.where(mask.bool(), d, torch.zeros_like(d))
+    if base in ("k1", "kl"):
+        value = d
+    elif base == "abs":
+        value = d.abs()
+    elif base in ("k2", "mse"):
+        return 0.5 * d.square()  # k2 already has the right gradient: "k2+" is k2
+    else:  # k3 / low_var_kl
+        neg = torch.clamp(-d, min=-LOG_RATIO_CLAMP, max=LOG_RATIO_CLAMP)
+        value = torch.clamp(torch.exp(neg) - neg - 1, min=-K3_CLAMP, max=K3_CLAMP)
+    if not straight_through:
+        return value
+    k2 = 0.5 * d.square()
+    return k2 - k2.detach() + value.detach()
 
 
-def aggregate_loss(loss: torch.Tensor, mask: torch.Tensor, mode: str = "token-mean") -> torch.Tensor:
-    """Reduce a (B, T) per-token loss to a scalar.
+def loss_sum(loss: torch.Tensor, mask: torch.Tensor, mode: str, horizon: int | None = None) -> torch.Tensor:
+    """The numerator of ``loss_agg_mode`` over these rows: summed over rows (and micro-batches and ranks) and
+    divided by :func:`loss_normalizer` of the same rows' counts it gives :func:`aggregate_loss`.
+
+    ``token-mean`` / ``token-sum`` / ``seq-mean-token-sum``: ``sum_b sum_t l m``;
+    ``seq-mean-token-mean``: ``sum_b (sum_t l m / sum_t m)`` (an empty row adds 0);
+    ``seq-mean-token-sum-norm``: ``sum_b sum_t l m / horizon`` (``horizon``: the padded response length,
+    verl's ``loss_scale_factor``; default ``T``).
+    """
+    if mode not in LOSS_AGG_MODES:
+        raise ValueError(f"unknown loss_agg_mode '{mode}'; choose from {LOSS_AGG_MODES}")
+    mask = mask.to(loss.dtype)
+    masked = loss * mask
+    if mode == "seq-mean-token-mean":
+        return (masked.sum(-1) / mask.sum(-1).clamp_min(1.0)).sum()
+    if mode == "seq-mean-token-sum-norm":
+        return masked.sum() / float(loss.shape[-1] if horizon is None else horizon)
+    return masked.sum()
+
+
+def loss_normalizer(mode: str, num_tokens: float, num_sequences: float) -> float:
+    """The denominator of ``loss_agg_mode`` for a batch with these counts (the whole mini-batch, every rank):
+    response tokens (``token-mean``), 1 (``token-sum``), or sequences with at least one response token (the
+    ``seq-mean-*`` modes, as verl's ``agg_loss`` counts them). Never below 1: an empty batch has loss 0."""
+    if mode not in LOSS_AGG_MODES:
+        raise ValueError(f"unknown loss_agg_mode '{mode}'; choose from {LOSS_AGG_MODES}")
+    if mode == "token-sum":
+        return 1.0
+    return max(float(num_tokens if mode == "token-mean" else num_sequences), 1.0)
+
+
+def aggregate_loss(
+    loss: torch.Tensor, mask: torch.Tensor, mode: str = "token-mean", horizon: int | None = None
+) -> torch.Tensor:
+    """Reduce a (B, T) per-token loss to a scalar: :func:`loss_sum` / :func:`loss_normalizer` of this batch.
 
     ``token-mean``: ``sum(l*m) / sum(m)`` (DAPO: every token weighs the same);
+    ``token-sum``: ``sum(l*m)``;
     ``seq-mean-token-sum``: mean over sequences of ``sum_t l*m``;
     ``seq-mean-token-mean``: mean over sequences of the per-sequence token mean (original GRPO);
-    ``seq-mean-token-sum-norm``: ``sum(l*m) / T`` (Dr. GRPO: a constant normaliser, no length bias).
-    Sequences with an empty mask are left out of sequence means.
+    ``seq-mean-token-sum-norm``: ``sum(l*m) / (S * horizon)`` (Dr. GRPO: a constant per-token weight, no length
+    bias; verl 0.9 and TRL's ``dr_grpo``).
+    ``S`` counts the sequences with at least one unmasked token; the sequence means leave the others out.
     """
     mask = mask.to(loss.dtype)
-    if mode == "token-mean":
-        return masked_mean(loss, mask)
-    seq_has_tokens = mask.sum(-1) > 0
-    if mode == "seq-mean-token-sum":
-        per_seq = (loss * mask).sum(-1)
-    elif mode == "seq-mean-token-mean":
-        per_seq = (loss * mask).sum(-1) / mask.sum(-1).clamp_min(1.0)
-    elif mode == "seq-mean-token-sum-norm":
-        return (loss * mask).sum() / loss.shape[-1]
-    else:
-        raise ValueError(f"unknown loss_agg_mode '{mode}'; choose from {LOSS_AGG_MODES}")
-    return per_seq[seq_has_tokens].mean() if bool(seq_has_tokens.any()) else per_seq.sum() * 0.0
+    sequences = float((mask.sum(-1) > 0).sum())
+    return loss_sum(loss, mask, mode, horizon) / loss_normalizer(mode, float(mask.sum()), sequences)
 
 
 def clipped_surrogate(
@@ -169,6 +223,7 @@ def policy_loss(
     clip_ratio_high: float = 0.2,
     clip_ratio_c: float = 3.0,
     loss_agg_mode: str = "token-mean",
+    horizon: int | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """:func:`clipped_surrogate` reduced by :func:`aggregate_loss`, with verl's scalar statistics.
 
@@ -184,7 +239,7 @@ def policy_loss(
         clip_ratio_high=clip_ratio_high,
         clip_ratio_c=clip_ratio_c,
     )
-    loss = aggregate_loss(per_token, mask, loss_agg_mode)
+    loss = aggregate_loss(per_token, mask, loss_agg_mode, horizon)
     stats = {
         "pg_clipfrac": masked_mean(s["clipped"], mask),
         "pg_clipfrac_lower": masked_mean(s["dual_clipped"], mask),

@@ -103,7 +103,7 @@ def build_micro_batches(
         for name, per_seq in (("old_logprobs", old_logprobs), ("ref_logprobs", ref_logprobs)):
             if per_seq is None:
                 continue
-            full = torch.zeros(B, T)
+            full = torch.zeros(B, T, dtype=per_seq[chunk[0]].dtype if chunk else torch.float32)
             for b, k in enumerate(chunk):
                 lp = per_seq[k]
                 full[b, prompt_lens[b] : prompt_lens[b] + len(lp)] = lp

@@ -137,6 +137,7 @@ def setup(cfg: JobConfig, resume: bool = False) -> GRPORun:
         grad_clip=cfg.actor.grad_clip,
         seed=cfg.trainer.seed,
         device=cfg.trainer.device,
+        temperature=cfg.rollout.temperature,  # log-probs of the distribution the rollouts were drawn from
     )
     learners = LearnerGroup(learner_cfg, world, cfg.ray, num_gpus_per_rank=1.0 if on_gpu else 0.0)
     reference = None
@@ -156,7 +157,7 @@ def setup(cfg: JobConfig, resume: bool = False) -> GRPORun:
     processor = _driver_processor(cfg)
     loss = GRPOLoss(
         clip_ratio_low=cfg.actor.clip_ratio_low, clip_ratio_high=cfg.actor.clip_ratio_high,
-        loss_agg_mode=cfg.actor.loss_agg_mode, use_kl_loss=cfg.actor.use_kl_loss,
+        clip_ratio_c=cfg.actor.clip_ratio_c, loss_agg_mode=cfg.actor.loss_agg_mode, use_kl_loss=cfg.actor.use_kl_loss,
         kl_loss_coef=cfg.actor.kl_loss_coef, kl_loss_type=cfg.actor.kl_loss_type,
         max_response_length=cfg.rollout.response_length,
     )  # fmt: skip
@@ -194,6 +195,12 @@ def _validate(cfg: JobConfig) -> None:
     world = cfg.trainer.nnodes * cfg.trainer.n_gpus_per_node
     if world > 1 and not cfg.ray.enabled:
         raise UserError(f"{world} learner ranks need Ray (ray.enabled=true) or torchrun")
+    if not cfg.actor.clip_ratio_c > 1.0:
+        raise UserError(f"actor.clip_ratio_c={cfg.actor.clip_ratio_c}: dual-clip PPO needs a bound > 1 "
+                        "(verl's default: 3.0)")  # fmt: skip
+    if cfg.rollout.temperature <= 0:
+        raise UserError(f"rollout.temperature={cfg.rollout.temperature}: GRPO samples its rollouts, so it needs a "
+                        "temperature > 0 (greedy decoding is rollout.val_temperature=0)")  # fmt: skip
     if cfg.actor.entropy_coeff != 0:
         raise UserError("actor.entropy_coeff != 0 is not supported yet (entropy is logged, not optimised)")
     if cfg.rollout.hybrid_engine and cfg.rollout.name != "hf":
@@ -433,7 +440,8 @@ def grpo_step(run: GRPORun) -> dict[str, float]:
 
     # 5. update: ppo_epochs x mini-batches (whole groups per mini-batch)
     t0 = time.perf_counter()
-    update_stats: Counter = Counter()
+    update_stats: Counter = Counter()  # token sums (divided by the tokens of the step)
+    aggregated: dict[str, list[float]] = {name: [] for name in GRPOLoss.AGGREGATED_STATS}
     grad_norms, lrs, skipped = [], [], 0
     pos_of = {idx: k for k, idx in enumerate(trainable)}
     groups_per_mb = cfg.actor.ppo_mini_batch_size
@@ -466,7 +474,9 @@ def grpo_step(run: GRPORun) -> dict[str, float]:
             lrs.append(out["lr"])
             skipped += int(out["skipped"])
             for k, v in out.items():
-                if k.startswith("stats/"):
+                if k.startswith("stats/") and k[6:] in GRPOLoss.AGGREGATED_STATS:
+                    aggregated[k[6:]].append(v / normalizer)  # verl's per-mini-batch value in this mode
+                elif k.startswith("stats/"):
                     update_stats[k[6:]] += v
     timing["update_actor"] = time.perf_counter() - t0
     run.skipped_in_a_row = run.skipped_in_a_row + 1 if skipped else 0
@@ -477,6 +487,9 @@ def grpo_step(run: GRPORun) -> dict[str, float]:
     _log_generations(run, "train/generations", table_rollouts, run.train_data, step + 1, table_renders)
     metrics = _step_metrics(run, kept, scores, rewards, adv, update_stats, grad_norms, lrs, skipped, filtered,
                             rounds, timing, kl_in_reward)  # fmt: skip
+    for name, values in aggregated.items():
+        if values:  # the mean over mini-batches of the loss_agg_mode value, as verl reduces its actor metrics
+            metrics[f"actor/{name}"] = statistics.fmean(values)
     metrics["actor/old_log_prob_recomputed"] = float(not on_policy)
     if token_entropy:
         # Of the sampling policy, per response token (on-policy: actor/entropy came with the update's stats).

@@ -21,7 +21,8 @@ log = logging.getLogger(__name__)
 
 __all__ = ["pick_attn_implementation", "freeze_vision_tower", "apply_fsdp2", "trainable_parameter_count"]
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+# float64: numerical checks only (the verl parity suite compares update math without fp32 rounding noise).
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}
 
 
 def pick_attn_implementation(requested: str, device: torch.device) -> str:
@@ -64,7 +65,8 @@ def apply_fsdp2(model: PreTrainedModel, mesh: DeviceMesh, dtype: str = "float32"
     Args:
         model: a Hugging Face model on CPU or this rank's device, fp32 parameters.
         mesh: the 1-D ``fsdp`` mesh from :func:`codepercept_rl.learner.dist.init_distributed`.
-        dtype: compute dtype, ``float32`` or ``bfloat16`` (parameters and optimizer state stay fp32).
+        dtype: compute dtype, ``float32`` or ``bfloat16`` (parameters and optimizer state stay fp32);
+            ``float64`` for numerical checks.
 
     Returns:
         The same module, now an ``FSDPModule`` whose parameters are ``DTensor`` shards.
@@ -75,7 +77,9 @@ def apply_fsdp2(model: PreTrainedModel, mesh: DeviceMesh, dtype: str = "float32"
     if dtype not in _DTYPES:
         raise ValueError(f"model.dtype={dtype!r} is not supported for training; use float32 or bfloat16")
     compute = _DTYPES[dtype]
-    policy = MixedPrecisionPolicy(param_dtype=compute, reduce_dtype=torch.float32)
+    policy = MixedPrecisionPolicy(
+        param_dtype=compute, reduce_dtype=torch.promote_types(compute, torch.float32)
+    )
     block_names = set(model._no_split_modules or ())
     blocks = [m for m in model.modules() if type(m).__name__ in block_names]
     if not blocks:

@@ -74,6 +74,14 @@ class LearnerConfig:
     grad_clip: float = 1.0  # max global grad norm; <= 0 measures it without clipping
     seed: int = 0
     device: str = "auto"
+    # Log-probs and entropy are of softmax(logits / temperature): GRPO sets it to rollout.temperature, the
+    # distribution its rollouts were sampled from (old, new and reference log-probs alike, as verl does); SFT
+    # keeps 1.
+    temperature: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.temperature > 0:
+            raise ValueError(f"LearnerConfig.temperature must be > 0, got {self.temperature}")
 
 
 def load_policy(cfg: ModelConfig, seed: int = 0) -> tuple[PreTrainedModel, ProcessorMixin]:
@@ -202,7 +210,10 @@ class Learner:
             first = max(1, int(columns[0])) if len(columns) else 1
         logits = self.model(**mb.model_inputs(), use_cache=False, logits_to_keep=T - first + 1).logits
         # fp32 log-softmax: bf16 logits lose the small probabilities GRPO ratios depend on.
-        shifted = logits[:, :-1].float()  # (B, T-first, V): position t predicts token t+1
+        shifted = logits[:, :-1]  # (B, T-first, V): position t predicts token t+1
+        shifted = shifted.to(torch.promote_types(shifted.dtype, torch.float32))
+        if self.cfg.temperature != 1.0:
+            shifted = shifted / self.cfg.temperature  # the sampling distribution (LearnerConfig.temperature)
         nll = F.cross_entropy(
             shifted.flatten(0, 1), mb.input_ids[:, first:].flatten(), reduction="none"
         ).view(B, -1)  # (B, T-first)
@@ -239,12 +250,44 @@ class Learner:
         Raises:
             ValueError: no micro-batch, or a non-positive normalizer.
         """
+        lr = self.scheduler.get_last_lr()[0]
+        result = self.backward(micro_batches, loss_fn, normalizer, with_entropy)
+        grad_norm = self._clip_grad_norm()
+        skipped = not math.isfinite(grad_norm)
+        if skipped:
+            log.warning("step %d: gradient norm is %s; update skipped", self.step, grad_norm)
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.step += 1
+        return {
+            "loss": result.pop("loss"),
+            "grad_norm": grad_norm,
+            "lr": lr,
+            "skipped": float(skipped),
+            **result,
+        }
+
+    def backward(
+        self,
+        micro_batches: Sequence[MicroBatch],
+        loss_fn: LossFn,
+        normalizer: float,
+        with_entropy: bool = False,
+    ) -> dict[str, float]:
+        """The forward/backward half of :meth:`train_step`: accumulates ``d(global loss sum / normalizer)`` into
+        the parameters' ``.grad`` (adding to what is there) and takes no optimizer step. Every rank together.
+        :meth:`full_gradients` reads the result (parity tests compare it with other frameworks' losses).
+
+        Returns:
+            ``loss`` and ``stats/<name>``, as :meth:`train_step`.
+        """
         if not micro_batches:
             raise ValueError("train_step needs at least one micro-batch on every rank")
         if not normalizer > 0:
             raise ValueError(f"normalizer must be > 0, got {normalizer}")
         self.model.train()
-        lr = self.scheduler.get_last_lr()[0]
         # FSDP2 averages gradients over ranks; scaling by the world size makes the reduction a sum, so the
         # gradient is d(sum of losses / normalizer) whatever the split.
         scale = self.dist.world_size / normalizer
@@ -262,22 +305,29 @@ class Learner:
             loss_sum += loss.detach().double().cpu()
             for name, value in stats.items():
                 stat_sums[name] = stat_sums.get(name, 0.0) + value.detach().double().cpu() * weight
-        grad_norm = self._clip_grad_norm()
-        skipped = not math.isfinite(grad_norm)
-        if skipped:
-            log.warning("step %d: gradient norm is %s; update skipped", self.step, grad_norm)
-        else:
-            self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step()
-        self.step += 1
-        total = self._all_reduce_sum(loss_sum)
-        result = {"loss": total / normalizer, "grad_norm": grad_norm, "lr": lr, "skipped": float(skipped)}
+        result = {"loss": self._all_reduce_sum(loss_sum) / normalizer}
         for name in sorted(stat_sums):  # every rank reports the same names, in the same order
             result[f"stats/{name}"] = self._all_reduce_sum(
                 torch.as_tensor(stat_sums[name], dtype=torch.float64)
             )
         return result
+
+    def full_gradients(self) -> dict[str, torch.Tensor]:
+        """The unsharded ``.grad`` of every trainable parameter, in Hugging Face names, on CPU, in the parameters'
+        dtype; every rank must call it (each gathers the shards) and every rank gets the full dict."""
+        grads = {}
+        for name, param in self.model.named_parameters():
+            if param.grad is None:
+                continue
+            grad = param.grad
+            if isinstance(grad, torch.distributed.tensor.DTensor):
+                grad = grad.full_tensor()
+            grads[name] = grad.detach().cpu().clone()
+        return grads
+
+    def zero_grad(self) -> None:
+        """Drops the accumulated gradients (after :meth:`backward` without a step)."""
+        self.optimizer.zero_grad(set_to_none=True)
 
     @torch.no_grad()
     def forward_logprobs_batches(
@@ -315,7 +365,9 @@ class Learner:
 
     def _aligned(self, micro_batches: Sequence[MicroBatch]) -> list[tuple[MicroBatch, float]]:
         """Pads every rank to the same number of forwards (FSDP's collectives must match), with weight 0."""
-        count = torch.tensor([len(micro_batches)])
+        count = torch.tensor(
+            [len(micro_batches)], device=self.dist.device
+        )  # NCCL reduces device tensors only
         if self.dist.world_size > 1:
             dist.all_reduce(count, op=dist.ReduceOp.MAX)
         if not micro_batches and count.item() > 0:
