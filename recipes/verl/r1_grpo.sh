@@ -5,7 +5,7 @@
 #   MODEL_SIZE=8b MODEL_PATH=/ckpt/codepercept-8b-s1/hf DATA_DIR=data/icc/exports/r1 \
 #       bash recipes/verl/r1_grpo.sh [hydra overrides...]
 #
-# Paper settings (PAPER_NOTES.md): G=8, temperature 1.0, top-p 0.85, repetition penalty 1.1, max response 8,192,
+# Paper settings (docs/paper.md): G=8, temperature 1.0, top-p 0.85, repetition penalty 1.1, max response 8,192,
 # 1 epoch, AdamW lr 1e-6 with 5% warm-up, grad clip 0.5, KL beta 0.001 (low-var KL loss), advantage
 # (r - mean) / std within the group. MODEL_SIZE picks the cluster settings (nodes, vLLM tensor parallel, token
 # budget per GPU, offload); README.md has the table. Extra arguments are hydra overrides, appended last (they win).

@@ -8,7 +8,7 @@
 #   MODEL_SIZE=8b DATA_DIR=data/icc/exports/verl_sft bash recipes/verl/s1_sft.sh [hydra overrides...]
 #
 # Run it on every node of a multi-node job with the same MASTER_ADDR (torchrun's c10d rendezvous). Paper
-# settings (PAPER_NOTES.md): Qwen3-VL-{4B,8B,32B}-Instruct, 1 epoch, AdamW, cosine 3e-6 -> 2e-7 with 5% warm-up,
+# settings (docs/paper.md): Qwen3-VL-{4B,8B,32B}-Instruct, 1 epoch, AdamW, cosine 3e-6 -> 2e-7 with 5% warm-up,
 # bf16, global batch 128, ZeRO-2, 32 GPUs. The checkpoint R1 starts from is
 # CKPT_DIR/global_step_<last>/huggingface (checkpoint.save_contents includes hf_model).
 #

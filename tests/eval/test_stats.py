@@ -6,7 +6,7 @@ import pytest
 
 from codepercept_rl.eval.stats import compare, item_final, paper_final, summarize, summarize_items
 
-# The paper's STEM2Code-Eval table (PAPER_NOTES.md): model -> (Image, Code, Exec %, Final).
+# The paper's STEM2Code-Eval table (docs/paper.md): model -> (Image, Code, Exec %, Final).
 PAPER_TABLE = {
     "Gemini2.5-Pro-Thinking": (68.89, 75.41, 91.7, 78.67),
     "GPT5-Thinking": (64.97, 64.98, 96.6, 75.52),
