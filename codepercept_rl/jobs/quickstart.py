@@ -34,6 +34,7 @@ resumes: a stage whose output exists is skipped, a half-done S1 / R1 run resumes
                                        "components": {name: mean}}},
      "r1_minus_s1": {"reward_mean": f, "ci95": [lo, hi]},
      "seconds": f,
+     "phases": {"data": f, "s1": f, "s1/train_steps": f, ..., "r1": f, "r1/gen": f, ..., "eval_r1": f, ...},
      "greedy": {"stages": {...}, "r1_minus_s1": {...}},      # the same, greedy answers
      "details": {...}}   # protocol, reward, wins/ties/losses, STEM2Code scores, item counts, stage seconds, settings
 
@@ -579,6 +580,12 @@ def _markdown(report: dict[str, Any]) -> str:
         )
     lines += ["", "Galleries: `gallery.html` (greedy renders of all stages side by side), `eval/<stage>/gallery.html`; "
               "curves: `plots/s1`, `plots/r1`.", "", f"Total time: {report['seconds'] / 60:.1f} min.", ""]  # fmt: skip
+    if report.get("phases"):
+        lines += ["## Where the time went", "",
+                  "Stages in order (the total leaves out `install`, the set-up before the job); `eval_base` and "
+                  "`eval_s1*` run in a child process at a lower priority while R1 trains, `eval_r1` (greedy, in the "
+                  "child) beside `eval_r1_sampled`.", "",
+                  *_phase_lines(report["phases"], report["seconds"]), ""]  # fmt: skip
     return "\n".join(lines)
 
 
@@ -620,6 +627,50 @@ def _gallery(out: Path, evals: dict[str, Path], scored: dict[str, dict[str, dict
             f"{head}</tr>{''.join(rows)}</table>")  # fmt: skip
 
 
+R1_PHASES = ("gen", "reward", "old_log_prob", "ref", "adv", "update_actor", "update_weights", "val_gen")
+
+
+def phase_table(out: Path, seconds: dict[str, float]) -> dict[str, float]:
+    """Where the time went: each stage's wall seconds (``seconds``, as timed by :func:`main`) and, inside S1
+    and R1, the sums of their logged ``timing_s/*`` (S1: train steps, validation, checkpoints; R1: the GRPO
+    step's phases and validation generation). A stage skipped on a resumed run has no entry."""
+    from codepercept_rl.tracking import read_metrics
+
+    phases: dict[str, float] = {}
+    for key in ("install", "data", "s1"):
+        if key in seconds:
+            phases[key] = seconds[key]
+    s1_metrics = out / "runs" / "s1" / "metrics.jsonl"
+    if "s1" in seconds and s1_metrics.is_file():
+        records = read_metrics(out / "runs" / "s1")
+        for name, label in (("step", "s1/train_steps"), ("val", "s1/validation"), ("save", "s1/checkpoints")):
+            phases[label] = sum(r.get(f"timing_s/{name}", 0.0) for r in records)
+    if "r1" in seconds:
+        phases["r1"] = seconds["r1"]
+        r1_metrics = out / "runs" / "r1" / "metrics.jsonl"
+        if r1_metrics.is_file():
+            records = read_metrics(out / "runs" / "r1")
+            for name in R1_PHASES:
+                total = sum(r.get(f"timing_s/{name}", 0.0) for r in records)
+                if total:
+                    phases[f"r1/{name}"] = total
+    for key in sorted(k for k in seconds if k.startswith(("eval_", "score_"))):
+        phases[key] = seconds[key]
+    if "report" in seconds:
+        phases["report"] = seconds["report"]
+    return phases
+
+
+def _phase_lines(phases: dict[str, float], total: float) -> list[str]:
+    """Markdown rows of :func:`phase_table`: sub-phases indented under their stage; evaluations beside R1
+    overlap it (they run in the niced child process)."""
+    lines = ["| phase | seconds | share of the total |", "|---|---|---|"]
+    for key, value in phases.items():
+        label = f"&nbsp;&nbsp;{key.split('/', 1)[1]}" if "/" in key else key
+        lines.append(f"| {label} | {value:.1f} | {value / max(total, 1e-9):.0%} |")
+    return lines
+
+
 def _plots(out: Path) -> None:
     from codepercept_rl.plotting import plot_run
 
@@ -658,6 +709,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="extra S1 recipe override (repeatable)")  # fmt: skip
     p.add_argument("--r1-override", action="append", default=[], metavar="KEY=VALUE",
                    help="extra R1 recipe override (repeatable)")  # fmt: skip
+    p.add_argument("--install-seconds", type=float,
+                   help="seconds the set-up took before this job (make quickstart passes it): the phase table's first row")  # fmt: skip
     return p
 
 
@@ -711,6 +764,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     _plots(out)
     # The total covers every stage this invocation ran (a resumed run counts only what it redid).
     report["seconds"] = time.time() - t0
+    if args.install_seconds is not None:
+        seconds["install"] = args.install_seconds
+    report["phases"] = phase_table(out, seconds)
     atomic_write_json(out / "report.json", report)
     atomic_write_text(out / "report.md", _markdown(report))
     print((out / "report.md").read_text())

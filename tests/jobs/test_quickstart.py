@@ -63,6 +63,13 @@ def test_quickstart_end_to_end_and_resume(tmp_path: Path) -> None:
     expected = report["stages"]["r1"]["reward_mean"] - report["stages"]["s1"]["reward_mean"]
     assert diff["reward_mean"] == pytest.approx(expected, abs=1e-9)  # same items on both sides
     assert report["seconds"] > 0
+    # The phase table: every stage timed, R1's GRPO phases summed from its metrics, in report.md too.
+    phases = report["phases"]
+    assert {"data", "s1", "s1/train_steps", "r1", "r1/gen", "r1/update_actor", "eval_base", "eval_s1",
+            "eval_r1", "eval_r1_sampled", "report"} <= set(phases), phases  # fmt: skip
+    assert all(v >= 0 for v in phases.values()) and 0 < phases["r1/gen"] < phases["r1"] < report["seconds"]
+    assert phases["s1/train_steps"] < phases["s1"]
+    assert "## Where the time went" in (out / "report.md").read_text()
     n_items = report["details"]["n_items"]
     assert n_items["base"] == n_items["s1"] == n_items["r1"] >= 3
 
