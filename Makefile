@@ -57,6 +57,7 @@ format: install
 bench: install
 	$(PY) benchmarks/reward_throughput.py
 	$(PY) benchmarks/reward_cost.py
+	$(PY) benchmarks/logprob_memory.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache *.egg-info

@@ -74,6 +74,9 @@ class ModelConfig:
     tiny_preset: str | None = None
     dtype: Literal["float32", "bfloat16", "float16", "float64"] = "float32"  # float64: numerical checks
     enable_gradient_checkpointing: bool = False
+    # Tokens per LM-head chunk when the learner computes log-probs and entropy: never [tokens x vocab] logits
+    # at once (each chunk is recomputed in the backward). 0: all tokens in one chunk.
+    logprob_chunk_size: int = 512
     freeze_vision_tower: bool = False
     attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
 

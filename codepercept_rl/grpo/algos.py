@@ -1,10 +1,11 @@
-"""GRPO's numbers: group-normalised advantages, the clipped surrogate, KL estimators, loss aggregation, entropy.
+"""GRPO's numbers: group-normalised advantages, the clipped surrogate, KL estimators, loss aggregation.
 
 Pure tensor functions, no state. Shapes: ``B`` sequences (prompts x group size), ``T`` response tokens. Names and
 conventions match verl 0.9's ``verl.trainer.ppo.core_algos`` where the meaning is the same, so configs carry over
 (``clip_ratio_low/high/c``, ``loss_agg_mode``, ``kl_penalty`` / ``kl_loss_type`` in ``KL_ESTIMATORS``); the
 parity suite ``tests/grpo/test_verl_parity.py`` checks them, and a full update through the learner, against
 verl's own functions. Where we differ from verl on purpose, the function says so (and ``docs/rl_math.md``).
+Log-probs and entropy (at the sampling temperature, in chunks) are the learner's: ``learner/logprobs.py``.
 """
 
 from __future__ import annotations
@@ -246,18 +247,3 @@ def policy_loss(
         "ppo_kl": masked_mean(s["neg_log_ratio"], mask),
     }
     return loss, stats
-
-
-def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    """Per-position entropy ``H = logsumexp(z) - sum softmax(z) z`` of (..., V) logits, in nats."""
-    logits = logits.float()
-    probs = torch.softmax(logits, dim=-1)
-    return torch.logsumexp(logits, dim=-1) - (probs * logits).sum(-1)
-
-
-def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """Log-probs of ``tokens`` (B, T) under ``logits`` (B, T, V) divided by the sampling temperature."""
-    logits = logits.float()
-    if temperature != 1.0:
-        logits = logits / temperature
-    return torch.log_softmax(logits, dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)

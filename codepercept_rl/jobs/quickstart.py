@@ -643,7 +643,8 @@ def phase_table(out: Path, seconds: dict[str, float]) -> dict[str, float]:
     s1_metrics = out / "runs" / "s1" / "metrics.jsonl"
     if "s1" in seconds and s1_metrics.is_file():
         records = read_metrics(out / "runs" / "s1")
-        for name, label in (("step", "s1/train_steps"), ("val", "s1/validation"), ("save", "s1/checkpoints")):
+        for name, label in (("step", "s1/train_steps"), ("val", "s1/validation_loss"),
+                            ("gen", "s1/generation_check"), ("save", "s1/checkpoints")):  # fmt: skip
             phases[label] = sum(r.get(f"timing_s/{name}", 0.0) for r in records)
     if "r1" in seconds:
         phases["r1"] = seconds["r1"]

@@ -45,6 +45,7 @@ from codepercept_rl.learner.fsdp import (
     pick_attn_implementation,
     trainable_parameter_count,
 )
+from codepercept_rl.learner.logprobs import lm_head_logprobs
 from codepercept_rl.learner.optim import build_optimizer, build_scheduler
 from codepercept_rl.models.processor import load_processor
 from codepercept_rl.models.tiny import build_tiny_model, load_model
@@ -208,23 +209,20 @@ class Learner:
             # included) is often longer than its answer, and (B, T, V) fp32 logits are the largest activation.
             columns = mb.loss_mask.any(0).nonzero()
             first = max(1, int(columns[0])) if len(columns) else 1
-        logits = self.model(**mb.model_inputs(), use_cache=False, logits_to_keep=T - first + 1).logits
-        # fp32 log-softmax: bf16 logits lose the small probabilities GRPO ratios depend on.
-        shifted = logits[:, :-1]  # (B, T-first, V): position t predicts token t+1
-        shifted = shifted.to(torch.promote_types(shifted.dtype, torch.float32))
-        if self.cfg.temperature != 1.0:
-            shifted = shifted / self.cfg.temperature  # the sampling distribution (LearnerConfig.temperature)
-        nll = F.cross_entropy(
-            shifted.flatten(0, 1), mb.input_ids[:, first:].flatten(), reduction="none"
-        ).view(B, -1)  # (B, T-first)
-        entropy = None
-        if with_entropy:
-            # H = logsumexp(z) - sum softmax(z) z, aligned like the log-probs (entropy of the distribution
-            # token t was drawn from). A statistic: no graph, even inside train_step.
-            with torch.no_grad():
-                z = shifted.detach()
-                entropy = F.pad(torch.logsumexp(z, -1) - (torch.softmax(z, -1) * z).sum(-1), (first, 0))
-        return F.pad(-nll, (first, 0)), entropy  # (B, T)
+        # The LM head returns log p(token t+1) for each kept position, computed in chunks of
+        # model.logprob_chunk_size tokens at the sampling temperature: no (B, T, V) logits at once (logprobs.py).
+        targets = mb.input_ids[:, first:]  # (B, T-first)
+        with lm_head_logprobs(
+            self.model,
+            targets,
+            temperature=self.cfg.temperature,
+            chunk_size=self.cfg.model.logprob_chunk_size,
+            with_entropy=with_entropy,
+        ) as head:
+            logprobs = self.model(**mb.model_inputs(), use_cache=False, logits_to_keep=T - first + 1).logits
+        # Entropy of the distribution token t was drawn from, aligned like the log-probs; a statistic, no graph.
+        entropy = F.pad(head.entropy, (first, 0)) if with_entropy else None
+        return F.pad(logprobs, (first, 0)), entropy  # (B, T)
 
     def train_step(
         self,

@@ -9,11 +9,9 @@ import torch
 
 from codepercept_rl.grpo.algos import (
     aggregate_loss,
-    entropy_from_logits,
     grpo_advantages,
     kl_penalty,
     policy_loss,
-    token_logprobs,
 )
 
 
@@ -80,13 +78,3 @@ def test_policy_loss_clipping_by_hand():
     assert new.grad.tolist()[0] == pytest.approx([0.0, -math.exp(-0.5) / 4, math.exp(0.5) / 4, 0.0], rel=1e-5)
     assert float(stats["pg_clipfrac"]) == pytest.approx(0.25)
     assert float(stats["pg_clipfrac_lower"]) == pytest.approx(0.25)
-
-
-def test_entropy_and_logprobs():
-    uniform = torch.zeros(2, 3, 8)
-    assert torch.allclose(entropy_from_logits(uniform), torch.full((2, 3), math.log(8)))
-    logits = torch.randn(2, 5, 11, generator=torch.Generator().manual_seed(0))
-    tokens = torch.randint(0, 11, (2, 5), generator=torch.Generator().manual_seed(1))
-    lp = token_logprobs(logits, tokens, temperature=0.7)
-    ref = torch.log_softmax(logits / 0.7, -1).gather(-1, tokens[..., None])[..., 0]
-    assert torch.allclose(lp, ref)

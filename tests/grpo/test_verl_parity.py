@@ -41,9 +41,9 @@ from tests.grpo.verl_reference import RESPONSE_LENGTH, Settings, make_case, verl
 core_algos = pytest.importorskip("verl.trainer.ppo.core_algos", reason="verl is installed by `make install`")
 
 TOL = 1e-6
-NANO64 = ModelConfig(
-    tiny_preset="nano", dtype="float64"
-)  # the learner's weights come from the case (float64)
+# The learner's weights come from the case (float64). Chunks of 5 tokens: the LM head runs in several chunks per
+# micro-batch (learner/logprobs.py), against verl's full-logits log-probs.
+NANO64 = ModelConfig(tiny_preset="nano", dtype="float64", logprob_chunk_size=5)
 TEMPERATURES = (0.7, 1.0, 1.3)
 DUAL_CLIP = {"dual clip on": 3.0, "dual clip off": 1e9}  # c = 1e9: -A c is never below the clipped loss
 
@@ -184,7 +184,9 @@ def test_extreme_logprob_gaps_give_finite_gradients_equal_to_verl(case32, ref_sh
     s = Settings(temperature=0.7, ref_shift=ref_shift, old_shift=old_shift, kl_loss_coef=1.0)
     theirs = verl_update(case32, s)
     assert all(torch.isfinite(g).all() for g in theirs["grads"].values())
-    cfg = LearnerConfig(model=ModelConfig(tiny_preset="nano"), grad_clip=0.0, temperature=0.7)
+    cfg = LearnerConfig(
+        model=ModelConfig(tiny_preset="nano", logprob_chunk_size=5), grad_clip=0.0, temperature=0.7
+    )
     learner = Learner(cfg, model=copy.deepcopy(case32.model), processor=case32.processor)
     ours = our_update(learner, case32, s, theirs)
     # float32 on both sides, two batch layouts: equal to fp32 rounding, not to 1e-6 (see the float64 cases above).
