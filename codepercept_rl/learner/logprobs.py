@@ -122,6 +122,17 @@ def lm_head_logprobs(
             raise ValueError(
                 f"lm_head_logprobs: targets {tuple(targets.shape)} for hidden states {(B, K, H)}"
             )
+        if chunk_size <= 0:  # every logit at once, exactly as a plain head + log-softmax computes them
+            z = F.linear(hidden, head.weight)[:, :-1]  # (B, K-1, V)
+            z = z.to(torch.promote_types(z.dtype, torch.float32))
+            if temperature != 1.0:
+                z = z / temperature
+            logprobs = -F.cross_entropy(z.flatten(0, 1), targets.flatten(), reduction="none").view(B, K - 1)
+            if with_entropy:
+                with torch.no_grad():
+                    zd = z.detach()
+                    out.entropy = torch.logsumexp(zd, -1) - (torch.softmax(zd, -1) * zd).sum(-1)
+            return logprobs
         rows = hidden[:, :-1].reshape(-1, H)  # (B*(K-1), H)
         logprobs, entropy = chunked_token_logprobs(rows, head.weight, targets.reshape(-1), temperature=temperature,
                                                    chunk_size=chunk_size, with_entropy=with_entropy)  # fmt: skip

@@ -63,7 +63,8 @@ def test_chunks_keep_hidden_states_not_logits_for_the_backward():
     assert chunked * 5 <= full, (chunked, full)
 
 
-def test_lm_head_returns_next_token_logprobs_inside_the_model_forward():
+@pytest.mark.parametrize("chunk_size", [0, 2])
+def test_lm_head_returns_next_token_logprobs_inside_the_model_forward(chunk_size):
     from codepercept_rl.models.tiny import build_tiny_model
 
     model, _ = build_tiny_model("qwen2_5_vl", "nano", seed=0)
@@ -71,10 +72,13 @@ def test_lm_head_returns_next_token_logprobs_inside_the_model_forward():
     with torch.no_grad():
         logits = model(input_ids=ids, use_cache=False).logits  # (2, 9, V)
         expected = torch.log_softmax(logits[:, 3:-1] / 1.3, -1).gather(-1, ids[:, 4:, None])[..., 0]
-        with lm_head_logprobs(model, ids[:, 4:], temperature=1.3, chunk_size=2, with_entropy=True) as out:
+        with lm_head_logprobs(
+            model, ids[:, 4:], temperature=1.3, chunk_size=chunk_size, with_entropy=True
+        ) as out:
             got = model(input_ids=ids, use_cache=False, logits_to_keep=6).logits
     assert got.shape == (2, 5) and torch.allclose(got, expected, atol=1e-5)
-    assert out.entropy.shape == (2, 5)
+    z = torch.log_softmax(logits[:, 3:-1] / 1.3, -1)
+    assert torch.allclose(out.entropy, -(z.exp() * z).sum(-1), atol=1e-5)
     assert "forward" not in vars(model.lm_head)  # the head is itself again after the block
     with pytest.raises(ValueError, match="targets"), lm_head_logprobs(model, ids[:, 2:]), torch.no_grad():
         model(input_ids=ids, use_cache=False, logits_to_keep=6)
