@@ -28,26 +28,31 @@ from torch.utils.checkpoint import checkpoint
 __all__ = ["chunked_token_logprobs", "lm_head_logprobs"]
 
 
+def _scaled_logits(hidden: torch.Tensor, weight: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``hidden @ weight.T / temperature`` in at least fp32 (bf16 loses the small probabilities GRPO ratios
+    depend on)."""
+    z = F.linear(hidden, weight)
+    z = z.to(torch.promote_types(z.dtype, torch.float32))
+    return z / temperature if temperature != 1.0 else z
+
+
+def _entropy(z: torch.Tensor) -> torch.Tensor:
+    """Entropy ``logsumexp(z) - sum softmax(z) z`` of (..., V) logits, no graph."""
+    z = z.detach()
+    return torch.logsumexp(z, -1) - (torch.softmax(z, -1) * z).sum(-1)
+
+
 def _chunk(
     hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, temperature: float
 ) -> torch.Tensor:
-    """(n,) log-probs of ``targets`` from (n, H) hidden states; logits in at least fp32 (bf16 loses the small
-    probabilities GRPO ratios depend on)."""
-    logits = F.linear(hidden, weight)
-    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-    if temperature != 1.0:
-        logits = logits / temperature
-    return -F.cross_entropy(logits, targets, reduction="none")
+    """(n,) log-probs of ``targets`` from (n, H) hidden states."""
+    return -F.cross_entropy(_scaled_logits(hidden, weight, temperature), targets, reduction="none")
 
 
 @torch.no_grad()
 def _chunk_entropy(hidden: torch.Tensor, weight: torch.Tensor, temperature: float) -> torch.Tensor:
-    """(n,) entropy ``logsumexp(z) - sum softmax(z) z`` of the next-token distributions, no graph."""
-    z = F.linear(hidden, weight)
-    z = z.to(torch.promote_types(z.dtype, torch.float32))
-    if temperature != 1.0:
-        z = z / temperature
-    return torch.logsumexp(z, -1) - (torch.softmax(z, -1) * z).sum(-1)
+    """(n,) entropy of the next-token distributions of (n, H) hidden states."""
+    return _entropy(_scaled_logits(hidden, weight, temperature))
 
 
 def chunked_token_logprobs(
@@ -123,16 +128,11 @@ def lm_head_logprobs(
                 f"lm_head_logprobs: targets {tuple(targets.shape)} for hidden states {(B, K, H)}"
             )
         if chunk_size <= 0:  # every logit at once, exactly as a plain head + log-softmax computes them
-            z = F.linear(hidden, head.weight)[:, :-1]  # (B, K-1, V)
-            z = z.to(torch.promote_types(z.dtype, torch.float32))
-            if temperature != 1.0:
-                z = z / temperature
-            logprobs = -F.cross_entropy(z.flatten(0, 1), targets.flatten(), reduction="none").view(B, K - 1)
+            z = _scaled_logits(hidden, head.weight, temperature)[:, :-1]  # (B, K-1, V)
             if with_entropy:
                 with torch.no_grad():
-                    zd = z.detach()
-                    out.entropy = torch.logsumexp(zd, -1) - (torch.softmax(zd, -1) * zd).sum(-1)
-            return logprobs
+                    out.entropy = _entropy(z)
+            return -F.cross_entropy(z.flatten(0, 1), targets.flatten(), reduction="none").view(B, K - 1)
         rows = hidden[:, :-1].reshape(-1, H)  # (B*(K-1), H)
         logprobs, entropy = chunked_token_logprobs(rows, head.weight, targets.reshape(-1), temperature=temperature,
                                                    chunk_size=chunk_size, with_entropy=with_entropy)  # fmt: skip
