@@ -8,6 +8,7 @@ with ``input_ids`` (``loss_mask`` = 1 on response tokens), and per-token tensors
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,24 +44,46 @@ class TrainBatch:
     rollouts: list[Rollout]
 
 
+# (input_ids (L,), pixel_values (P, D) | None, image_grid_thw (N, 3) | None) of one prompt
+Encoding = tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]
+
+
 class PromptEncoder:
-    """Tokenises prompts (chat template + images) once per step; a group's G rollouts share the encoding."""
+    """Tokenises prompts (chat template + images); a group's G rollouts share one encoding.
 
-    def __init__(self, processor: Any) -> None:
+    The cache holds the last ``max_cached`` prompts (least recently used out first): a step encodes its prompts
+    once for packing and again for its metrics, and the next step brings new ones, so an unbounded cache would
+    keep every prompt's pixel values of an epoch in the driver (hundreds of GB for the paper's R1 set). Entries
+    keep a reference to their prompt, so an ``id`` is never reused while it is a key.
+    """
+
+    def __init__(self, processor: Any, max_cached: int = 256) -> None:
+        if max_cached < 1:
+            raise ValueError(f"PromptEncoder.max_cached must be >= 1, got {max_cached}")
         self.processor = processor
-        self._cache: dict[int, tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]] = {}
+        self.max_cached = max_cached
+        self._cache: OrderedDict[int, tuple[RolloutPrompt, Encoding]] = OrderedDict()
 
-    def encode(self, prompt: RolloutPrompt) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    def encode(self, prompt: RolloutPrompt) -> Encoding:
         """``(input_ids (L,), pixel_values (P, D) | None, image_grid_thw (N, 3) | None)`` of a prompt."""
         key = id(prompt)
-        if key not in self._cache:
-            text = self.processor.apply_chat_template(
-                to_structured_messages(prompt.messages), add_generation_prompt=True, tokenize=False
-            )
-            images = prompt.pil_images()
-            enc = self.processor(text=[text], images=images or None, return_tensors="pt")
-            self._cache[key] = (enc["input_ids"][0], enc.get("pixel_values"), enc.get("image_grid_thw"))
-        return self._cache[key]
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key][1]
+        text = self.processor.apply_chat_template(
+            to_structured_messages(prompt.messages), add_generation_prompt=True, tokenize=False
+        )
+        images = prompt.pil_images()
+        enc = self.processor(text=[text], images=images or None, return_tensors="pt")
+        encoded = (enc["input_ids"][0], enc.get("pixel_values"), enc.get("image_grid_thw"))
+        self._cache[key] = (prompt, encoded)
+        if len(self._cache) > self.max_cached:
+            self._cache.popitem(last=False)
+        return encoded
+
+    def __len__(self) -> int:
+        """Prompts cached now."""
+        return len(self._cache)
 
 
 def build_micro_batches(

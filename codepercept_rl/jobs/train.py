@@ -166,9 +166,11 @@ def setup(cfg: JobConfig, resume: bool = False) -> GRPORun:
         backends=cfg.tracking.backends, config=to_dict(cfg), wandb_mode=cfg.tracking.wandb_mode,
         group=cfg.tracking.wandb_group, job_type="grpo", tags=cfg.tracking.wandb_tags,
     )  # fmt: skip
+    # A step packs and measures at most train_batch_size prompts; older encodings are dropped (bounded memory).
+    encoder = PromptEncoder(processor, max_cached=max(64, 2 * cfg.data.train_batch_size))
     run = GRPORun(cfg, run_dir, tracker, train_data, val_data,
                   PromptSampler(len(train_data), cfg.trainer.seed, cfg.data.shuffle), learners, reference,
-                  rollout, reward, PromptEncoder(processor), loss, world, total,
+                  rollout, reward, encoder, loss, world, total,
                   frozenset(vision_token_ids(processor.tokenizer)))  # fmt: skip
     latest = ckpt.latest_checkpoint(run.ckpt_root)
     if resume and latest is None:
