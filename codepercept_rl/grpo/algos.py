@@ -168,7 +168,6 @@ def aggregate_loss(
     bias; verl 0.9 and TRL's ``dr_grpo``).
     ``S`` counts the sequences with at least one unmasked token; the sequence means leave the others out.
     """
-    mask = mask.to(loss.dtype)
     sequences = float((mask.sum(-1) > 0).sum())
     return loss_sum(loss, mask, mode, horizon) / loss_normalizer(mode, float(mask.sum()), sequences)
 

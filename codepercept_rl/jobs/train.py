@@ -476,10 +476,13 @@ def grpo_step(run: GRPORun) -> dict[str, float]:
             lrs.append(out["lr"])
             skipped += int(out["skipped"])
             for k, v in out.items():
-                if k.startswith("stats/") and k[6:] in GRPOLoss.AGGREGATED_STATS:
-                    aggregated[k[6:]].append(v / normalizer)  # verl's per-mini-batch value in this mode
-                elif k.startswith("stats/"):
-                    update_stats[k[6:]] += v
+                name = k.removeprefix("stats/")
+                if name == k:
+                    continue
+                if name in aggregated:
+                    aggregated[name].append(v / normalizer)  # verl's per-mini-batch value in this mode
+                else:
+                    update_stats[name] += v
     timing["update_actor"] = time.perf_counter() - t0
     run.skipped_in_a_row = run.skipped_in_a_row + 1 if skipped else 0
 

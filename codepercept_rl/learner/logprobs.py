@@ -88,9 +88,10 @@ def chunked_token_logprobs(
             pieces.append(_chunk(h, weight, t, temperature))
         if with_entropy:
             entropies.append(_chunk_entropy(h.detach(), weight.detach(), temperature))
-    logprobs = torch.cat(pieces) if pieces else hidden.new_zeros(0, dtype=torch.float32)
-    entropy = (torch.cat(entropies) if entropies else logprobs.detach().clone()) if with_entropy else None
-    return logprobs, entropy
+    if n == 0:
+        empty = hidden.new_zeros(0, dtype=torch.float32)
+        return empty, (empty if with_entropy else None)
+    return torch.cat(pieces), (torch.cat(entropies) if with_entropy else None)
 
 
 @dataclass

@@ -16,7 +16,7 @@ rewards, identical rewards and a group of one, an empty response, responses of d
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from PIL import Image
@@ -50,8 +50,8 @@ class Case:
     encoder: PromptEncoder
     batch: TrainBatch
     trainable: list[int]  # rollouts with at least one response token (what the GRPO driver trains on)
-    old_noise: list[torch.Tensor] = field(default_factory=list)  # per rollout, added to the current log-probs
-    ref_noise: list[torch.Tensor] = field(default_factory=list)
+    old_noise: list[torch.Tensor]  # per rollout, added to the current log-probs
+    ref_noise: list[torch.Tensor]
 
 
 def make_case(seed: int = 0, dtype: torch.dtype = torch.float64) -> Case:
@@ -100,12 +100,6 @@ class Settings:
     on_policy: bool = False
     ref_shift: float = 0.0  # added to every reference log-prob (the stress case uses -100)
     old_shift: float = 0.0
-
-
-@torch.no_grad()
-def response_logprobs(model: torch.nn.Module, case: Case, temperature: float) -> list[torch.Tensor]:
-    """Each rollout's response log-probs under ``model`` at ``temperature`` (no gradient)."""
-    return [lp.detach() for lp in _verl_logprobs(model, case, temperature)[0]]
 
 
 def _verl_logprobs(model, case: Case, temperature: float):
