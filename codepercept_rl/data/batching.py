@@ -9,20 +9,28 @@ the same epoch order (seeded by ``seed`` and the epoch), takes the same global b
 - ``group_by_length=False``: contiguous shards in epoch order, micro-batches in that order.
 
 :func:`padding_share` measures what the grouping saves (``benchmarks/sft_step.py`` prints it side by side).
+:func:`lockstep_shard` splits the generation check's rows over ranks that must call ``generate`` together.
 """
 
 from __future__ import annotations
 
 import math
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 
 import torch
 
 from codepercept_rl.data.s1 import S1Example
 from codepercept_rl.learner.batch import MicroBatch
 
-__all__ = ["mixture_order", "global_batches", "rank_micro_batches", "padding_share", "collate"]
+__all__ = [
+    "mixture_order",
+    "global_batches",
+    "rank_micro_batches",
+    "padding_share",
+    "collate",
+    "lockstep_shard",
+]
 
 
 def mixture_order(
@@ -96,6 +104,24 @@ def rank_micro_batches(
         per_rank = len(batch) // world_size
         share = list(batch[rank * per_rank : (rank + 1) * per_rank])
     return [share[i : i + micro_batch_size] for i in range(0, len(share), micro_batch_size)]
+
+
+def lockstep_shard(kinds: Sequence[Hashable], rank: int, world_size: int) -> list[tuple[int, bool]]:
+    """This rank's share of items that all ranks process together, one call each: ``(item, counted)`` pairs.
+
+    Items are dealt round-robin within each kind (kinds in order of first appearance), and a rank short of items
+    of a kind repeats that kind's first item with ``counted=False``: every rank makes the same number of calls,
+    and call ``k`` is of the same kind on every rank (the generation check's kind: the row has images or not, so
+    the vision tower's sharded blocks run on all ranks or on none). Every item is counted exactly once.
+    """
+    by_kind: dict[Hashable, list[int]] = {}
+    for i, kind in enumerate(kinds):
+        by_kind.setdefault(kind, []).append(i)
+    calls: list[tuple[int, bool]] = []
+    for items in by_kind.values():
+        mine = items[rank::world_size]
+        calls += [(i, True) for i in mine] + [(items[0], False)] * (-(-len(items) // world_size) - len(mine))
+    return calls
 
 
 def padding_share(micro_batches: Sequence[Sequence[int]], lengths: Sequence[int]) -> tuple[int, int]:

@@ -11,25 +11,37 @@ with the processor's chat template one turn at a time, so the tokens are exactly
 inference: an assistant's header (``<|im_start|>assistant\\n``) is tokenized on its own, like a generation
 prompt, and only the reply after it, up to and including its end token, carries loss.
 
-Bad rows (not JSON, missing fields, a missing image file, an image that does not decode, a wrong number of
-``<image>`` placeholders, no assistant turn, longer than ``max_length`` tokens) are skipped: each is logged
-with its file, line and id and counted by reason in :attr:`S1Dataset.skipped`; with ``strict=True`` the first
-one raises :class:`~codepercept_rl.errors.UserError` instead.
+Rows are indexed up front and built when fetched. The index keeps, per row, its file offset and line, task,
+image count, token length and target-token count (34 bytes: arrays of integers and a pointer to a shared task
+string); computing a length takes the chat template, the tokenizer and each image's *header* (its size gives
+its token count), never its pixels. ``dataset[i]`` then reads the row again and decodes and processes its
+images; recently fetched rows are kept in an LRU cache of ``cache_bytes`` (a small dataset is built once,
+however many epochs). Memory is the index plus that bound, whatever the dataset's size; every rank indexes the
+same rows and builds only the ones in its own micro-batches.
 
-What is trusted: images are decoded here with PIL (its decompression-bomb limit applies and a bomb is a
-skipped ``bad_image`` row); file paths are joined to the JSONL's folder as given. Nothing in a row is executed:
-code in assistant turns is only tokenized (the generation check runs model-written code in the reward pool's
-sandbox, never here).
+Bad rows (not JSON, missing fields, a missing image file, an image whose header does not read, a wrong number
+of ``<image>`` placeholders, no assistant turn, longer than ``max_length`` tokens) are found while indexing:
+each is logged with its file, line and id and counted by reason in :attr:`S1Dataset.skipped`; with
+``strict=True`` the first one raises :class:`~codepercept_rl.errors.UserError` instead. An image whose header
+reads but whose pixel data does not decode (a truncated download) is found only when its row is fetched:
+with ``strict=True`` that raises the same error naming the row; otherwise the row is *masked*: built with a
+blank image of the same size and an all-zero loss mask (the batch keeps its shape; the row adds nothing to the
+loss, though its target tokens stay in the step's normaliser), logged once and recorded in
+:attr:`S1Dataset.masked` (the S1 job's summary counts them, over all ranks, as ``data/masked_<reason>``).
 
-Rows are read and tokenized eagerly, on every rank (the same rows, the same order): fine for the S1 sizes this
-project trains on one machine (tens of thousands of rows); millions of rows want an offline tokenization pass.
+What is trusted: images are decoded here with PIL (its decompression-bomb limit applies when a header is read,
+and a bomb is a skipped ``bad_image`` row); file paths are joined to the JSONL's folder as given. Nothing in a
+row is executed: code in assistant turns is only tokenized (the generation check runs model-written code in
+the reward pool's sandbox, never here).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections import Counter
+from array import array
+from collections import Counter, OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,10 +54,11 @@ from codepercept_rl.errors import UserError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["S1Example", "S1Dataset", "BadRow", "IMAGE_PLACEHOLDER"]
+__all__ = ["S1Example", "S1Dataset", "BadRow", "IMAGE_PLACEHOLDER", "conversation_lengths"]
 
 IMAGE_PLACEHOLDER = "<image>"
 _ROLES = ("system", "user", "assistant")
+_CACHE_BYTES = 1 << 30  # fetched rows kept per dataset: the quickstart's whole S1 set (~0.4 GB) fits
 
 
 class BadRow(ValueError):
@@ -87,14 +100,15 @@ class S1Example:
 
 
 class S1Dataset:
-    """S1 rows from one or more JSONL files, tokenized by ``processor``.
+    """S1 rows from one or more JSONL files, indexed up front and tokenized by ``processor`` when fetched.
 
     Args:
         files: JSONL paths.
         processor: the model's processor (chat template, tokenizer, image processor).
         max_length: longest sequence kept, in tokens (image tokens included).
-        strict: raise on the first bad row instead of skipping it.
+        strict: raise on the first bad row instead of skipping (or, at fetch time, masking) it.
         image_key: the row field holding the image paths (``data.image_key``).
+        cache_bytes: bytes of fetched rows (tensors and decoded images) kept for reuse; 0 keeps none.
     """
 
     def __init__(
@@ -104,52 +118,117 @@ class S1Dataset:
         max_length: int,
         strict: bool = False,
         image_key: str = "images",
+        cache_bytes: int = _CACHE_BYTES,
     ) -> None:
         self.processor = processor
         self.image_key = image_key
         self.max_length = max_length
         self.strict = strict
-        self.examples: list[S1Example] = []
+        self.cache_bytes = cache_bytes
         self.skipped: Counter[str] = Counter()
+        self.masked: dict[int, str] = {}  # row -> reason, rows whose images failed to decode when fetched
+        # The index: a few machine words per row (arrays, not Python objects), plus the task strings.
+        self._files: list[Path] = []
+        self._file = array("I")
+        self._offset = array("q")
+        self._line = array("I")
+        self._length = array("I")
+        self._targets = array("I")
+        self._n_images = array("H")
+        self._tasks: list[str] = []
+        self._cache: OrderedDict[int, tuple[S1Example, int]] = OrderedDict()
+        self._cached_bytes = 0
         if not files:
             raise UserError("no S1 files given (data.train_files is empty)")
         for path in map(Path, files):
             if not path.is_file():
                 raise UserError(f"S1 file not found: {path}")
-            self._read_file(path)
+            self._index_file(path)
 
     def __len__(self) -> int:
-        return len(self.examples)
+        return len(self._length)
 
     def __getitem__(self, i: int) -> S1Example:
-        return self.examples[i]
+        """Row ``i``, built now (images decoded and processed) or taken from the cache.
+
+        Raises:
+            IndexError: ``i`` out of range.
+            UserError: ``strict`` and an image of the row does not decode, or the row (or an image's header)
+                changed since it was indexed.
+        """
+        if not 0 <= i < len(self):
+            raise IndexError(f"S1 row {i} out of range ({len(self)} rows)")
+        hit = self._cache.get(i)
+        if hit is not None:
+            self._cache.move_to_end(i)
+            return hit[0]
+        example = self._build(i)
+        self._remember(i, example)
+        return example
 
     @property
-    def lengths(self) -> list[int]:
-        """Token length of every example, in order."""
-        return [e.length for e in self.examples]
+    def examples(self) -> list[S1Example]:
+        """Every row, built (all images processed at once: for small sets and tests)."""
+        return [self[i] for i in range(len(self))]
+
+    @property
+    def lengths(self) -> Sequence[int]:
+        """Token length of every row, in order (from the index: no row is built)."""
+        return self._length
+
+    @property
+    def targets(self) -> Sequence[int]:
+        """Target (loss-carrying) tokens of every row, in order: a batch's loss normaliser without building it."""
+        return self._targets
+
+    @property
+    def n_images(self) -> Sequence[int]:
+        """Images of every row, in order."""
+        return self._n_images
 
     @property
     def tasks(self) -> list[str]:
-        """Task of every example, in order."""
-        return [e.task for e in self.examples]
+        """Task of every row, in order."""
+        return self._tasks
 
     # ------------------------------------------------------------------------------------------------------------
-    def _read_file(self, path: Path) -> None:
-        with open(path, encoding="utf-8") as f:
-            for line_no, line in enumerate(f, 1):
-                if not line.strip():
+    # index
+
+    def _index_file(self, path: Path) -> None:
+        file_no = len(self._files)
+        self._files.append(path)
+        tasks: dict[str, str] = {}  # one string object per task name, however many rows share it
+        with open(path, "rb") as f:
+            offset = 0
+            for line_no, raw in enumerate(f, 1):
+                start, offset = offset, offset + len(raw)
+                if not raw.strip():
                     continue
                 row_id = f"line {line_no}"
                 try:
-                    row = json.loads(line)
+                    row = _parse(raw)
                     if isinstance(row, dict) and isinstance(row.get("id"), str):
                         row_id = row["id"]
-                    self.examples.append(self._example(row, path.parent))
-                except json.JSONDecodeError as e:
-                    self._skip(path, line_no, row_id, BadRow("not_json", f"not valid JSON: {e.msg}"))
+                    task, n_images, length, targets = self._measure(row, path.parent)
                 except BadRow as e:
                     self._skip(path, line_no, row_id, e)
+                    continue
+                self._file.append(file_no)
+                self._offset.append(start)
+                self._line.append(line_no)
+                self._length.append(length)
+                self._targets.append(targets)
+                self._n_images.append(n_images)
+                self._tasks.append(tasks.setdefault(task, task))
+
+    def _measure(self, row: Any, root: Path) -> tuple[str, int, int, int]:
+        """``(task, images, tokens, target tokens)`` of a row, from its text and its images' headers."""
+        messages, task, image_paths = _validate(row, self.image_key)
+        sizes = [_image_size(root, p) for p in image_paths]
+        length, targets = conversation_lengths(self.processor, messages, sizes)
+        if length > self.max_length:
+            raise BadRow("too_long", f"{length} tokens > max_length {self.max_length} (sft.max_length)")
+        return task, len(sizes), length, targets
 
     def _skip(self, path: Path, line_no: int, row_id: str, error: BadRow) -> None:
         where = f"{path}:{line_no} (row '{row_id}')"
@@ -160,15 +239,76 @@ class S1Dataset:
         self.skipped[error.reason] += 1
         log.warning("skipping S1 row at %s: %s", where, error)
 
-    def _example(self, row: Any, root: Path) -> S1Example:
-        messages, task, image_paths = _validate(row, self.image_key)
-        images = [_load_image(root, p) for p in image_paths]
-        input_ids, loss_mask, pixel_values, grid = tokenize_conversation(self.processor, messages, images)
-        if input_ids.shape[0] > self.max_length:
-            raise BadRow(
-                "too_long", f"{input_ids.shape[0]} tokens > max_length {self.max_length} (sft.max_length)"
+    # ------------------------------------------------------------------------------------------------------------
+    # fetch
+
+    def _build(self, i: int) -> S1Example:
+        path = self._files[self._file[i]]
+        with open(path, "rb") as f:
+            f.seek(self._offset[i])
+            raw = f.readline()
+        where = f"{path}:{self._line[i]}"
+        changed = "changed since it was indexed (edit S1 files only between runs)"
+        try:
+            row = _parse(raw)
+            if isinstance(row, dict) and isinstance(row.get("id"), str):
+                where += f" (row '{row['id']}')"
+            messages, task, image_paths = _validate(row, self.image_key)
+            images: list[Image.Image] = []
+            failed: BadRow | None = None
+            for rel in image_paths:
+                try:
+                    images.append(_load_image(path.parent, rel))
+                except _Undecodable as e:  # the header read when indexed: the pixel data is broken
+                    if self.strict:
+                        raise UserError(
+                            f"bad S1 row at {where}: {e} (data.strict=true; set it false to mask such rows)"
+                        ) from None
+                    failed = failed or e
+                    images.append(Image.new("RGB", e.size))  # a blank of the same size: the same tokens
+            input_ids, loss_mask, pixel_values, grid = tokenize_conversation(self.processor, messages, images)
+        except BadRow as e:
+            raise UserError(f"S1 row at {where} {changed}: {e}") from None
+        if input_ids.shape[0] != self._length[i] or int(loss_mask.sum()) != self._targets[i]:
+            raise UserError(
+                f"S1 row at {where} {changed}: {input_ids.shape[0]} tokens ({int(loss_mask.sum())} targets), "
+                f"indexed as {self._length[i]} ({self._targets[i]})"
             )
+        if failed is not None:
+            loss_mask = torch.zeros_like(loss_mask)
+            if i not in self.masked:
+                log.warning("masking S1 row at %s: %s (its loss mask is zero; data.strict=true stops instead)",
+                            where, failed)  # fmt: skip
+            self.masked[i] = failed.reason
         return S1Example(row["id"], task, input_ids, loss_mask, pixel_values, grid, messages, images)
+
+    def _remember(self, i: int, example: S1Example) -> None:
+        size = sum(t.nbytes for t in (example.input_ids, example.loss_mask, example.pixel_values,
+                                      example.image_grid_thw) if t is not None)  # fmt: skip
+        size += sum(im.width * im.height * 3 for im in example.images)
+        if size > self.cache_bytes:
+            return
+        while self._cached_bytes + size > self.cache_bytes:
+            _, (_, old) = self._cache.popitem(last=False)
+            self._cached_bytes -= old
+        self._cache[i] = (example, size)
+        self._cached_bytes += size
+
+
+class _Undecodable(BadRow):
+    """An image whose header reads but whose pixel data does not decode; ``size`` is its (width, height)."""
+
+    def __init__(self, detail: str, size: tuple[int, int]) -> None:
+        super().__init__("bad_image", detail)
+        self.size = size
+
+
+def _parse(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        msg = e.msg if isinstance(e, json.JSONDecodeError) else "not UTF-8"
+        raise BadRow("not_json", f"not valid JSON: {msg}") from None
 
 
 def _validate(row: Any, image_key: str) -> tuple[list[dict[str, str]], str, list[str]]:
@@ -194,16 +334,30 @@ def _validate(row: Any, image_key: str) -> tuple[list[dict[str, str]], str, list
     return messages, row["task"], images
 
 
-def _load_image(root: Path, rel: str) -> Image.Image:
+def _open(root: Path, rel: str) -> Image.Image:
+    """The image file opened (its header read, no pixel decoded)."""
     path = root / rel
     if not path.is_file():
         raise BadRow("missing_image", f"image not found: {path}")
     try:
-        with Image.open(path) as img:
-            img.load()  # decode now: a truncated file fails here, not in the middle of training
-            return img.convert("RGB")
+        return Image.open(path)
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
         raise BadRow("bad_image", f"image {path} does not decode: {e}") from None
+
+
+def _image_size(root: Path, rel: str) -> tuple[int, int]:
+    """``(height, width)`` from the image's header."""
+    with _open(root, rel) as img:
+        return img.height, img.width
+
+
+def _load_image(root: Path, rel: str) -> Image.Image:
+    with _open(root, rel) as img:
+        try:
+            img.load()
+            return img.convert("RGB")
+        except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as e:
+            raise _Undecodable(f"image {root / rel} does not decode: {e}", img.size) from None
 
 
 def _template_messages(messages: list[dict[str, str]]) -> list[dict[str, Any]]:
@@ -230,21 +384,16 @@ def render_prompt(processor: ProcessorMixin, messages: list[dict[str, str]]) -> 
     )
 
 
-def tokenize_conversation(
-    processor: ProcessorMixin, messages: list[dict[str, str]], images: list[Image.Image]
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """Token ids, loss mask, pixel values and image grids of a conversation.
+def _pieces(processor: ProcessorMixin, messages: list[dict[str, str]]) -> list[tuple[str, bool]]:
+    """The conversation's text cut at turn boundaries: ``(text, trained on)`` pieces.
 
     The template is rendered for each growing prefix of the conversation; each new piece of text is
     tokenized on its own (with its images), which equals tokenizing the whole text when the pieces meet
     at special tokens, as they do in ChatML. Assistant replies (after the header that
     ``add_generation_prompt`` produces) carry loss; trailing newlines after the end token do not.
-
-    Raises:
-        BadRow: the chat template is not prefix-stable (it rewrites earlier turns as the conversation grows).
     """
     tmpl = _template_messages(messages)
-    pieces: list[tuple[str, bool]] = []  # (text, trained on)
+    pieces: list[tuple[str, bool]] = []
     done = ""
     for i, m in enumerate(tmpl):
         if m["role"] == "assistant":
@@ -259,14 +408,23 @@ def tokenize_conversation(
         else:
             pieces.append((piece, False))
         done = full
+    return [(text, trained) for text, trained in pieces if text]
+
+
+def tokenize_conversation(
+    processor: ProcessorMixin, messages: list[dict[str, str]], images: list[Image.Image]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Token ids, loss mask, pixel values and image grids of a conversation (pieces as in :func:`_pieces`).
+
+    Raises:
+        BadRow: the chat template is not prefix-stable (it rewrites earlier turns as the conversation grows).
+    """
     ids: list[torch.Tensor] = []
     mask: list[torch.Tensor] = []
     pixels: list[torch.Tensor] = []
     grids: list[torch.Tensor] = []
     image_iter = iter(images)
-    for text, trained in pieces:
-        if not text:
-            continue
+    for text, trained in _pieces(processor, messages):
         n_images = text.count(processor.image_token)
         if n_images:
             piece_images = [next(image_iter) for _ in range(n_images)]
@@ -283,6 +441,37 @@ def tokenize_conversation(
     pixel_values = torch.cat(pixels) if pixels else None
     grid = torch.cat(grids) if grids else None
     return torch.cat(ids), torch.cat(mask), pixel_values, grid
+
+
+def conversation_lengths(
+    processor: ProcessorMixin, messages: list[dict[str, str]], image_sizes: list[tuple[int, int]]
+) -> tuple[int, int]:
+    """``(tokens, target tokens)`` that :func:`tokenize_conversation` gives, from images' ``(height, width)``
+    alone: the processor expands each image placeholder to ``patches / merge_size**2`` tokens, a function of
+    the image's size, so no pixel is decoded.
+
+    Raises:
+        BadRow: as :func:`tokenize_conversation`.
+    """
+    image_processor = processor.image_processor
+    per_image = iter(
+        image_processor.get_number_of_image_patches(h, w, {}) // image_processor.merge_size**2
+        for h, w in image_sizes
+    )
+    tokens = targets = 0
+    for text, trained in _pieces(processor, messages):
+        n_images = text.count(processor.image_token)
+        if (
+            n_images
+        ):  # the processor's own tokenizer call, then each placeholder token becomes an image's tokens
+            n = len(processor.tokenizer(text)["input_ids"]) + sum(
+                next(per_image) - 1 for _ in range(n_images)
+            )
+        else:
+            n = len(processor.tokenizer(text, add_special_tokens=False)["input_ids"])
+        tokens += n
+        targets += n if trained else 0
+    return tokens, targets
 
 
 def _suffix(prefix: str, text: str) -> str:

@@ -6,50 +6,64 @@
 Reads top to bottom: ``setup`` (config, process group, model, data, tracker, reward pool) -> ``train``
 (one optimizer step per global batch; validation loss and a generation check every ``trainer.test_freq``
 steps; a checkpoint every ``trainer.save_freq``) -> ``cleanup``. Loss is on assistant tokens only, averaged
-over all target tokens of the global batch. The generation check greedy-decodes held-out ``code`` rows and
-runs each answer through the reward pool's sandbox (never in this process): ``val/exec_rate`` is the share
-that rendered a figure, ``val/render_score`` the mean render reward against the row's image.
+over all target tokens of the global batch. The generation check greedy-decodes ``sft.gen_num_samples``
+held-out ``code`` rows, split over the ranks (each generates its share with the FSDP2-sharded model, all in
+lock-step), and runs each answer in a sandbox of its rank's reward pool (``reward.num_workers`` per rank; never
+in this process); the scored answers are gathered for the metrics and rank 0's table: ``val/exec_rate`` is
+the share that rendered a figure, ``val/render_score`` the mean render reward against the row's image. Rows are
+indexed up front and built (images decoded and processed) only when a rank's batch needs them
+(:class:`~codepercept_rl.data.S1Dataset`).
 
 Writes ``<trainer.default_local_dir>/<trainer.experiment_name>/``: ``config.yaml``, ``metrics.jsonl`` (step 0
 is the baseline validation), ``checkpoints/step_*``, ``tables/val_generations`` and, at the end, ``hf/`` (a
 plain Hugging Face folder: the input of R1).
 
-Ranks: under ``torchrun`` every process runs :func:`run_rank`; otherwise ``sft.num_processes`` ranks are
-started here, as Ray actors (``ray.enabled=true``) or local processes. Resuming: ``--resume`` continues from
-the newest complete checkpoint in ``<run_dir>/checkpoints`` (an error if there is none);
-``trainer.resume_mode=auto`` (the default) does the same when one exists. Everything the next steps depend on
-(weights, optimizer, schedule, RNG, data position) is restored, so on CPU a resumed run logs the same losses as
-an uninterrupted one.
+Ranks: one per GPU. Under ``torchrun`` every process runs :func:`run_rank`; otherwise ``sft.num_processes``
+ranks are started here, as Ray actors (``ray.enabled=true``) or local processes; each rank trains on
+``cuda:LOCAL_RANK``. Before the model is built, a run whose training state (fp32 weights, gradients and AdamW
+moments, sharded over the ranks: :func:`state_bytes_per_rank`) would not fit a rank's GPU is refused.
+
+Resuming: ``--resume`` continues from the newest complete checkpoint in ``<run_dir>/checkpoints`` (an error if
+there is none); ``trainer.resume_mode=auto`` (the default) does the same when one exists. Everything the next
+steps depend on (weights, optimizer, schedule, RNG, data position) is restored, so on CPU a resumed run logs the
+same losses as an uninterrupted one.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+import torch.distributed as dist
 from PIL import Image
+from torch.distributed.fsdp import FSDPModule
 
 from codepercept_rl.config import JobConfig, load_config, to_dict
+from codepercept_rl.config.schema import ModelConfig
 from codepercept_rl.data import (
     S1Dataset,
+    S1Example,
     collate,
     global_batches,
     mixture_order,
     padding_share,
     rank_micro_batches,
 )
+from codepercept_rl.data.batching import lockstep_shard
 from codepercept_rl.data.s1 import render_prompt
 from codepercept_rl.errors import UserError
 from codepercept_rl.learner import Learner, LearnerConfig, sft_loss
 from codepercept_rl.learner import checkpoint as ckpt
+from codepercept_rl.learner.dist import init_distributed, resolve_device
 from codepercept_rl.tracking import Tracker
 from codepercept_rl.utils.run import prepare_run_dir, seed_everything
 
@@ -71,7 +85,7 @@ class SFTRun:
     total_steps: int
     batches_per_epoch: int
     tracker: Tracker | None = None  # rank 0 only
-    pool: RewardPool | None = None  # rank 0, when the generation check is on
+    pool: RewardPool | None = None  # every rank, when the generation check is on: each scores its own share
     summary: dict[str, Any] = field(default_factory=dict)
     _epoch_batches: dict[int, list[list[int]]] = field(default_factory=dict)
 
@@ -107,8 +121,10 @@ def setup(cfg: JobConfig, resume: bool = False) -> SFTRun:
     run_dir = Path(cfg.trainer.default_local_dir) / cfg.trainer.experiment_name
     check_inputs(cfg)
     try:
+        info = init_distributed(cfg.trainer.device)  # this rank's device: cuda:LOCAL_RANK on GPUs
+        check_state_memory(cfg.model, info.world_size, info.device)  # before a model too big for it is built
         # The schedule's length is known only once the data is read (below: set_total_steps).
-        learner = Learner(_learner_config(cfg, total_steps=1))
+        learner = Learner(_learner_config(cfg, total_steps=1), dist_info=info)
     except ValueError as e:
         raise UserError(str(e)) from None
     rank, world = learner.dist.rank, learner.dist.world_size
@@ -151,8 +167,8 @@ def setup(cfg: JobConfig, resume: bool = False) -> SFTRun:
             backends=cfg.tracking.backends, config=to_dict(cfg), wandb_mode=cfg.tracking.wandb_mode,
             group=cfg.tracking.wandb_group, job_type="sft", tags=cfg.tracking.wandb_tags,
         )  # fmt: skip
-        if val is not None and cfg.sft.gen_num_samples > 0:
-            run.pool = _start_pool(cfg)
+    if val is not None and cfg.sft.gen_num_samples > 0:
+        run.pool = _start_pool(cfg)
     counts = train.skipped + val.skipped if val is not None else train.skipped
     skipped = {f"data/skipped_{k}": v for k, v in counts.items()}
     run.summary.update(train_rows=len(train), val_rows=len(val) if val else 0, world_size=world, **skipped)
@@ -178,6 +194,72 @@ def check_inputs(cfg: JobConfig) -> None:
         raise UserError(f"sft.max_length must be >= 2, got {cfg.sft.max_length}")
     if cfg.sft.num_processes < 1:
         raise UserError(f"sft.num_processes must be >= 1, got {cfg.sft.num_processes}")
+
+
+# Training state per parameter: an fp32 master weight for every one; an fp32 gradient and AdamW's two fp32
+# moments for each trainable one (a frozen vision tower has neither: the optimizer skips it).
+WEIGHT_BYTES = 4
+TRAINABLE_BYTES = 4 + 8
+
+
+def state_bytes_per_rank(params: int, trainable: int, world_size: int) -> int:
+    """Bytes of training state one rank holds: ``ceil((4 * params + 12 * trainable) / world_size)``.
+
+    fp32 weights of all ``params``, fp32 gradients and AdamW moments of the ``trainable`` ones, sharded over
+    ``world_size`` ranks by FSDP2. Activations, the transient unsharded bf16 blocks and the CUDA context come on
+    top, so a run this estimate fits may still run out of memory; one it does not fit surely does.
+    """
+    return -(-(WEIGHT_BYTES * params + TRAINABLE_BYTES * trainable) // world_size)
+
+
+def parameter_counts(model: ModelConfig) -> tuple[int, int] | None:
+    """``(parameters, trainable parameters)`` of ``model.path``'s model, built on the meta device from its
+    config (nothing allocated, no weight read); None for a tiny preset (``model.path`` unset)."""
+    if not model.path:
+        return None
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    from codepercept_rl.learner.fsdp import freeze_vision_tower
+
+    with torch.device("meta"):
+        skeleton = AutoModelForImageTextToText.from_config(AutoConfig.from_pretrained(model.path))
+    params = sum(p.numel() for p in skeleton.parameters())
+    frozen = freeze_vision_tower(skeleton) if model.freeze_vision_tower else 0
+    return params, params - frozen
+
+
+def check_state_memory(model: ModelConfig, world_size: int, device: torch.device) -> None:
+    """Refuses a run whose training state per rank exceeds ``device``'s memory (CUDA; elsewhere it only logs).
+
+    Raises:
+        UserError: the estimate (:func:`state_bytes_per_rank`) is larger than the GPU.
+    """
+    counts = parameter_counts(model)
+    if counts is None:
+        return
+    need = state_bytes_per_rank(*counts, world_size)
+    have = torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else None
+    refuse_state_memory(*counts, world_size, need, have, str(device))
+    log.info("training state: %.1f GiB per rank (%d parameters, %d trainable, %d rank(s))", need / 2**30,
+             *counts, world_size)  # fmt: skip
+
+
+def refuse_state_memory(
+    params: int, trainable: int, world_size: int, need: int, have: int | None, device: str
+) -> None:
+    """Raises when ``need`` bytes of state per rank exceed ``have`` (None: no device memory to compare with).
+
+    Raises:
+        UserError: one line with the estimate, the device's memory and what to change.
+    """
+    if have is None or need <= have:
+        return
+    raise UserError(
+        f"S1 training state needs {need / 2**30:.1f} GiB per rank ({params / 1e9:.2f}B parameters, "
+        f"{trainable / 1e9:.2f}B trainable: fp32 weights + grads + AdamW moments over {world_size} rank(s)) but "
+        f"{device} has {have / 2**30:.1f} GiB; run one rank per GPU (sft.num_processes=N, or torchrun "
+        "--nproc-per-node N) over enough GPUs"
+    )
 
 
 def _learner_config(cfg: JobConfig, total_steps: int) -> LearnerConfig:
@@ -220,8 +302,9 @@ def train(run: SFTRun) -> None:
         )
         micro = [collate([run.train[i] for i in idx], tok.pad_token_id, learner.processor.image_token_id)
                  for idx in mb_indices]  # fmt: skip
-        # The normaliser is global and needs no collective: every rank knows the whole batch.
-        targets = sum(float(run.train[i].loss_mask.sum()) for i in batch)
+        # The normaliser is global and needs no collective (nor the other ranks' rows): every rank's index has
+        # the target-token count of every row.
+        targets = float(sum(run.train.targets[i] for i in batch))
         stats = learner.train_step(micro, sft_loss, normalizer=targets)
         dt = time.perf_counter() - t0
         real_tokens = sum(lengths[i] for i in batch)
@@ -249,6 +332,7 @@ def train(run: SFTRun) -> None:
         if run.tracker is not None and (last or done % cfg.tracking.log_every == 0):
             run.tracker.log(metrics, step=done)
         run.summary.update({k: v for k, v in metrics.items() if k.startswith(("train/loss", "val/"))})
+    run.summary.update(_masked_counts(run))
     if cfg.sft.export_hf:
         learner.export_hf(run.run_dir / "hf")
 
@@ -259,14 +343,15 @@ def validate(run: SFTRun) -> dict[str, float]:
     learner, cfg = run.learner, run.cfg
     t0 = time.perf_counter()
     # Every row once: longest first, dealt round-robin (ranks may differ by one row; the learner pads forwards).
-    ranked = sorted(range(len(run.val)), key=lambda i: -run.val.lengths[i])[
+    lengths = run.val.lengths
+    ranked = sorted(range(len(run.val)), key=lambda i: -lengths[i])[
         learner.dist.rank :: learner.dist.world_size
     ]
     size = cfg.actor.ppo_micro_batch_size_per_device
     tok = learner.processor.tokenizer
     micro = [collate([run.val[i] for i in ranked[j : j + size]], tok.pad_token_id, learner.processor.image_token_id)
              for j in range(0, len(ranked), size)]  # fmt: skip
-    targets = sum(float(e.loss_mask.sum()) for e in run.val.examples)
+    targets = float(sum(run.val.targets))
     metrics = {
         "val/loss": learner.loss_sum(micro, sft_loss) / targets,
         "timing_s/val": time.perf_counter() - t0,
@@ -277,52 +362,115 @@ def validate(run: SFTRun) -> dict[str, float]:
 
 
 def generation_check(run: SFTRun) -> dict[str, float]:
-    """Greedy answers to held-out ``code`` rows, run through the reward pool's sandbox.
+    """Greedy answers to held-out ``code`` rows, split over the ranks and run through their reward pools.
+
+    Every rank generates its share with the sharded model. FSDP2 gathers a block's weights in the block's first
+    forward (kept until the check ends, :func:`_kept_gathered`: not re-gathered for every token), so all ranks
+    run their forwards together: ``generate(synced_gpus=True)`` keeps a rank that finished early stepping until
+    all have, and shards are padded to equal counts, grouped so that each call runs the vision tower on all
+    ranks or on none. One rank needs no gathering: it generates with the plain module that shares the learner's
+    weights. Each rank scores and renders its answers in its own pool; the results are gathered, in row order,
+    for the metrics (every rank) and the table (rank 0).
 
     ``val/exec_rate``: share of answers whose code rendered a figure; ``val/render_score``: mean render
     reward against the row's image (the pool's default ``render`` reward, 0 when the code failed).
     """
-    assert run.val is not None
+    assert run.val is not None and run.pool is not None
     t0 = time.perf_counter()
-    model = run.learner.rollout_model()  # collective: every rank gathers, rank 0 gets the model
-    if model is None:
+    learner, cfg = run.learner, run.cfg
+    world = learner.dist.world_size
+    rows = [i for i, task in enumerate(run.val.tasks) if task == "code"][: cfg.sft.gen_num_samples]
+    if not rows:  # the same on every rank: all return before any collective
         return {}
-    rows = [e for e in run.val.examples if e.task == "code"][: run.cfg.sft.gen_num_samples]
-    if not rows:
-        return {}
-    processor = run.learner.processor
-    completions = []
-    with torch.no_grad():
-        for e in rows:
-            prompt_messages = e.messages[
-                : max(i for i, m in enumerate(e.messages) if m["role"] == "assistant")
-            ]
-            inputs = processor(
-                text=[render_prompt(processor, prompt_messages)], images=e.images or None, return_tensors="pt"
-            )
-            inputs = inputs.to(model.device)
-            out = model.generate(**inputs, max_new_tokens=run.cfg.sft.gen_max_new_tokens, do_sample=False)
-            completions.append(
-                processor.tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
-            )
+    calls = lockstep_shard([run.val.n_images[i] > 0 for i in rows], learner.dist.rank, world)
+    model = learner.rollout_model() if world == 1 else learner.model.eval()
+    answers: list[tuple[int, S1Example, str]] = []  # (position in rows, row, completion)
+    try:
+        with _kept_gathered(learner.model) if world > 1 else contextlib.nullcontext():
+            for pos, counted in calls:
+                e = run.val[rows[pos]]
+                completion = _greedy(model, learner.processor, e, learner.dist.device, cfg.sft.gen_max_new_tokens,
+                                     synced=world > 1)  # fmt: skip
+                if counted:
+                    answers.append((pos, e, completion))
+    finally:
+        learner.model.train()
     # The row's image is the target: the pool runs the code in its sandbox and compares the render with it.
     items = [{"code": c, "target_png": _png(e.images[0])} if e.images else {"code": c, "reference_code": c}
-             for e, c in zip(rows, completions, strict=True)]  # fmt: skip
-    results = run.pool.score(items)
-    ok = [r.status == "ok" for r in results]
+             for _, e, c in answers]  # fmt: skip
+    results = run.pool.score(items) if items else []
+    # (position, id, target, render, score, status, completion): the target next to the answer's render (drawn
+    # again in the sandbox), as R1's sample tables show them.
+    scored = [
+        (pos, e.id, item.get("target_png"), run.pool.render(c).png if r.status == "ok" else None, r.score,
+         r.status, c[:2000])
+        for (pos, e, c), item, r in zip(answers, items, results, strict=True)
+    ]  # fmt: skip
+    run.summary["val_gen_rows_this_rank"] = len(scored)
+    if world > 1:
+        shards: list[Any] = [None] * world
+        dist.all_gather_object(shards, scored)
+        scored = [entry for shard in shards for entry in shard]
+    scored.sort(key=lambda entry: entry[0])
     if run.tracker is not None:
-        # The target next to the answer's render (drawn again in the sandbox), as R1's sample tables show them.
-        table = [
-            [e.id, item.get("target_png"), run.pool.render(c).png if r.status == "ok" else None, r.score, r.status,
-             c[:2000]]
-            for e, c, r, item in zip(rows, completions, results, items, strict=True)
-        ]  # fmt: skip
-        run.tracker.log_table("val_generations", ["id", "target", "render", "score", "status", "completion"], table,
-                              step=run.learner.step)  # fmt: skip
+        run.tracker.log_table("val_generations", ["id", "target", "render", "score", "status", "completion"],
+                              [entry[1:] for entry in scored], step=learner.step)  # fmt: skip
+    ok = [entry[5] == "ok" for entry in scored]
     return {
-        "val/exec_rate": sum(ok) / len(ok), "val/render_score": sum(r.score for r in results) / len(results),
+        "val/exec_rate": sum(ok) / len(ok), "val/render_score": sum(entry[4] for entry in scored) / len(scored),
         "val/gen_samples": len(ok), "timing_s/gen": time.perf_counter() - t0,
     }  # fmt: skip
+
+
+def _greedy(
+    model: torch.nn.Module,
+    processor: Any,
+    e: S1Example,
+    device: torch.device,
+    max_new_tokens: int,
+    synced: bool,
+) -> str:
+    """The greedy answer to row ``e``'s prompt (the conversation up to its last assistant turn)."""
+    prompt_messages = e.messages[: max(i for i, m in enumerate(e.messages) if m["role"] == "assistant")]
+    inputs = processor(
+        text=[render_prompt(processor, prompt_messages)], images=e.images or None, return_tensors="pt"
+    ).to(device)
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, synced_gpus=synced)
+    return processor.tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+
+
+@contextlib.contextmanager
+def _kept_gathered(model: torch.nn.Module) -> Iterator[None]:
+    """Keeps each FSDP2 block's weights gathered after its forward (``reshard_after_forward=False``), as a
+    plain module would hold them, and shards them again on exit (blocks reshard after forward again; the root
+    keeps FSDP2's default of not doing so). Generation then gathers each block once per check, not once per
+    token; the price is one compute-dtype copy of the model per rank meanwhile."""
+    modules = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    for m in modules:
+        m.set_reshard_after_forward(False, recurse=False)
+    try:
+        yield
+    finally:
+        for m in modules:
+            m.reshard()
+            if m is not model:
+                m.set_reshard_after_forward(True, recurse=False)
+
+
+def _masked_counts(run: SFTRun) -> dict[str, int]:
+    """``data/masked_<reason>``: rows whose images failed to decode when a rank fetched them, counted once over
+    all ranks (a collective)."""
+    datasets = [run.train] if run.val is None else [run.train, run.val]
+    local = {(d, i, reason) for d, ds in enumerate(datasets) for i, reason in ds.masked.items()}
+    if run.learner.dist.world_size > 1:
+        shards: list[Any] = [None] * run.learner.dist.world_size
+        dist.all_gather_object(shards, local)
+        local = set().union(*shards)
+    counts: dict[str, int] = {}
+    for _, _, reason in local:
+        counts[f"data/masked_{reason}"] = counts.get(f"data/masked_{reason}", 0) + 1
+    return counts
 
 
 def _png(image: Image.Image) -> bytes:
@@ -380,6 +528,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     from codepercept_rl.learner.actor import run_on_ranks
 
+    if not cfg.ray.enabled:  # local ranks share this machine's GPUs: refuse here, in one line, not in N ranks
+        try:
+            device = resolve_device(cfg.trainer.device)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+        check_state_memory(cfg.model, cfg.sft.num_processes, device)
     gpus = 1.0 if cfg.trainer.device == "cuda" else 0.0  # Ray gives each rank actor its own GPU
     run_on_ranks(run_rank, cfg.sft.num_processes, cfg, args.resume, ray_cfg=cfg.ray, num_gpus_per_rank=gpus)
     return 0

@@ -1,4 +1,5 @@
-"""The S1 job end to end: kill -9 and resume, learning + sandboxed generation check, refused set-ups."""
+"""The S1 job end to end: kill -9 and resume, learning + sandboxed generation check (split over two gloo ranks),
+masked rows, refused set-ups."""
 
 from __future__ import annotations
 
@@ -152,3 +153,77 @@ def test_short_run_learns_and_its_generated_code_executes_in_the_sandbox(tmp_pat
     assert last["val/exec_rate"] == 1.0  # ... the trained one does, run by the reward pool's sandbox
     assert last["val/render_score"] > 0.0
     assert (tmp_path / "runs" / "t" / "hf" / "model.safetensors").is_file()
+
+
+def _table(run_dir: Path, step: int) -> list[list]:
+    """The val_generations table logged at ``step``."""
+    lines = (run_dir / "tables" / "val_generations" / "rows.jsonl").read_text().splitlines()
+    return next(r["rows"] for r in map(json.loads, lines) if r["step"] == step)
+
+
+@pytest.mark.timeout(400)
+def test_two_gloo_ranks_split_the_generation_check_and_match_one_rank(tmp_path: Path) -> None:
+    from codepercept_rl.config import JobConfig, load_config
+    from codepercept_rl.jobs.sft import run_rank
+    from codepercept_rl.learner.actor import run_on_ranks
+
+    train, val = s1_files(tmp_path, n_train=24, n_val=6)
+    # A model that writes code (and stops), so the ranks' answers end at different steps.
+    base = overrides(train, val, tmp_path / "base", 40) + [
+        "actor.optim.lr=5e-3", "trainer.save_freq=-1", "data.train_batch_size=8",
+        "actor.ppo_micro_batch_size_per_device=4", "sft.task_ratio={code: 3, caption: 1}", "sft.export_hf=true",
+    ]  # fmt: skip
+    assert main([str(RECIPE), *base]) == 0
+
+    # Held out: 3 code rows with an image (r24, r26, r28) and 2 without: rank 0 answers r24, r28 and text-a, rank
+    # 1 r26, a padding call (a repeat of r24, not counted) and text-b. Each call has an image on both ranks or on
+    # neither; the two text rows' answers differ in length, so one rank finishes first and keeps stepping.
+    def text_row(row_id: str, prompt: str) -> dict:
+        reply = "```python\nimport matplotlib.pyplot as plt\n```"
+        messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": reply}]
+        return {"id": row_id, "task": "code", "images": [], "messages": messages}
+
+    rows = [json.loads(line) for line in val.read_text().splitlines()]
+    texts = [text_row("text-a", "Write matplotlib code for two bars."), text_row("text-b", "Bars?")]
+    write_jsonl(val, [*rows, *texts])
+    args = overrides(train, val, tmp_path / "one", 1) + [
+        f"model.path={tmp_path / 'base' / 't' / 'hf'}", "model.tiny_preset=null", "trainer.save_freq=-1",
+        "sft.gen_num_samples=5", "sft.gen_max_new_tokens=40",
+    ]  # fmt: skip
+    one = load_config(RECIPE, args, schema=JobConfig)
+    two = load_config(RECIPE, [*args, f"trainer.default_local_dir={tmp_path / 'two'}"], schema=JobConfig)
+    summaries = run_on_ranks(run_rank, 2, two, False, ray_cfg=two.ray)
+    assert [s["val_gen_rows_this_rank"] for s in summaries] == [3, 2]
+    # Every rank holds the gathered results.
+    assert summaries[0]["val/exec_rate"] == summaries[1]["val/exec_rate"]
+    assert run_rank(one)["val_gen_rows_this_rank"] == 5  # the same run on one rank
+    by_step = {}
+    for name in ("one", "two"):
+        records = read_metrics(tmp_path / name / "t")
+        by_step[name] = {r["step"]: r for r in records if "val/gen_samples" in r}
+    assert sorted(by_step["one"]) == sorted(by_step["two"]) == [0, 1]
+    for step in (0, 1):
+        one_m, two_m = by_step["one"][step], by_step["two"][step]
+        assert one_m["val/gen_samples"] == two_m["val/gen_samples"] == 5
+        assert {k for k in one_m if k.startswith("val/")} == {k for k in two_m if k.startswith("val/")}
+    # The update after the step-0 check (its gathered blocks sharded again) is one rank's, up to summation order.
+    assert by_step["two"][1]["val/loss"] == pytest.approx(by_step["one"][1]["val/loss"], rel=1e-5)
+    # Before any update both runs hold the same weights: the sharded, lock-step answers are the plain module's.
+    table_one, table_two = _table(tmp_path / "one" / "t", 0), _table(tmp_path / "two" / "t", 0)
+    assert [r[0] for r in table_two] == [r[0] for r in table_one] == ["r24", "r26", "r28", "text-a", "text-b"]
+    assert [r[3:] for r in table_two] == [r[3:] for r in table_one]  # score, status, completion
+    assert len(table_two[3][5]) != len(table_two[4][5])  # the text rows' answers did end at different steps
+
+
+def test_a_row_whose_image_does_not_decode_is_masked_and_counted(tmp_path: Path) -> None:
+    from PIL import Image
+
+    train, val = s1_files(tmp_path, n_train=4, n_val=1)
+    noise = bytes((i * 7919) % 251 for i in range(64 * 64 * 3))
+    Image.frombytes("RGB", (64, 64), noise).save(tmp_path / "2.png")
+    data = (tmp_path / "2.png").read_bytes()
+    (tmp_path / "2.png").write_bytes(data[: len(data) * 3 // 5])  # its header reads; its pixels do not
+    assert main([str(RECIPE), *overrides(train, val, tmp_path / "runs", 1)]) == 0  # one step: every row built
+    summary = json.loads((tmp_path / "runs" / "t" / "summary.json").read_text())
+    assert summary["train_rows"] == 4 and summary["data/masked_bad_image"] == 1
+    assert not any(k.startswith("data/skipped_") for k in summary)
