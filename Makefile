@@ -77,5 +77,8 @@ $(VLLM_VENV)/.installed: setup.py
 
 vllm-env: $(VLLM_VENV)/.installed
 
+# Two pytest processes: vLLM fixes its environment once an engine has started, and the first file runs the
+# in-process engine, the second the multi-process one (V1's default) on a learner's export.
 test-vllm: $(VLLM_VENV)/.installed
 	$(VLLM_VENV)/bin/python -m pytest -q tests/rollout/test_vllm_engine.py
+	$(VLLM_VENV)/bin/python -m pytest -q tests/rollout/test_vllm_multiproc.py

@@ -101,7 +101,8 @@ class RolloutWorker:
     Args:
         model_cfg: the policy (``model.path`` or a tiny preset); the learner pushes weights each step.
         rollout_cfg: engine and sampling settings.
-        max_prompt_tokens: longer prompts are skipped and counted.
+        max_prompt_tokens: longer prompts are skipped and counted; with vLLM, plus ``rollout.response_length``,
+            the engine's ``max_model_len`` unless ``rollout.max_model_len`` is set.
         seed: for a tiny model built from scratch (the learner's seed: identical initial weights).
         torch_num_threads: intra-op threads of this process.
     """
@@ -125,11 +126,20 @@ class RolloutWorker:
 
             if not model_cfg.path:
                 raise ValueError("rollout.name=vllm needs model.path (a Hugging Face folder saved for vLLM)")
+            # verl's rule: room for the longest prompt and the longest response, unless set outright.
+            max_model_len = rollout_cfg.max_model_len
+            if max_model_len is None:
+                if max_prompt_tokens is None:
+                    raise ValueError(
+                        "rollout.name=vllm needs data.max_prompt_length or rollout.max_model_len"
+                    )
+                max_model_len = max_prompt_tokens + rollout_cfg.response_length
             self.engine: Any = VLLMRolloutEngine(
                 model_cfg.path,
                 dtype=model_cfg.dtype,
                 tensor_parallel_size=rollout_cfg.tensor_model_parallel_size,
                 gpu_memory_utilization=rollout_cfg.gpu_memory_utilization,
+                max_model_len=max_model_len,
                 enable_sleep_mode=rollout_cfg.enable_sleep_mode,
                 max_prompt_tokens=max_prompt_tokens,
             )

@@ -15,7 +15,7 @@ No model hub is reachable in development or CI, so every model here is built loc
   works once this package is imported (it registers the image-only processor classes).
 - ``save_for_vllm=True`` also writes the stock processor layout with a video processor config, which vLLM's
   ``Qwen2_5_VLProcessor.from_pretrained`` needs (loading that with ``AutoProcessor`` needs torchvision;
-  ``load_model`` does not).
+  ``load_model`` does not). ``Learner.export_hf`` (S1's and R1's ``hf/`` folders) writes this layout too.
 
 Processors are image-only (``Qwen2VLImageProcessorPil``, no video processor), so nothing needs torchvision.
 Call ``torch.set_num_threads(1)`` before running tiny models on CPU.

@@ -7,10 +7,12 @@ transformers' Qwen2.5-VL / Qwen3-VL processors insist on a video processor, and 
   an image processor (the PIL ``Qwen2VLImageProcessorPil``) and a tokenizer, and are registered so that
   ``AutoProcessor.from_pretrained(folder)`` finds them by name once ``codepercept_rl.models`` is imported.
   Text + image processing, placeholder expansion and ``mm_token_type_ids`` are the parent's code.
-- ``write_vllm_processor_files(folder, ...)`` writes the files a hub checkpoint has (``preprocessor_config.json``,
-  ``video_preprocessor_config.json``, ``processor_class`` = the stock class), because vLLM loads the processor
-  with ``Qwen2_5_VLProcessor.from_pretrained`` and needs the video processor config. Loading that folder with
-  ``AutoProcessor`` needs torchvision; ``load_processor`` here reads it without.
+- ``write_vllm_processor_files(folder, ...)`` (a tiny model's sizes) and ``save_processor_for_vllm(processor,
+  folder, ...)`` (a loaded processor's settings: ``Learner.export_hf``) write the files a hub checkpoint has
+  (``preprocessor_config.json``, ``video_preprocessor_config.json``, ``processor_class`` = the stock class),
+  because vLLM loads the processor with ``Qwen2_5_VLProcessor`` / ``Qwen3VLProcessor.from_pretrained`` and
+  needs the video processor config ("Can't load video processor" without it). Loading that folder with the
+  stock processor needs torchvision (transformers 5.x); ``load_processor`` here reads it without.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ IMAGE_MEAN = {"qwen2_5_vl": [0.48145466, 0.4578275, 0.40821073], "qwen3_vl": [0.
 IMAGE_STD = {"qwen2_5_vl": [0.26862954, 0.26130258, 0.27577711], "qwen3_vl": [0.5, 0.5, 0.5]}
 STOCK_PROCESSOR = {"qwen2_5_vl": "Qwen2_5_VLProcessor", "qwen3_vl": "Qwen3VLProcessor"}
 STOCK_VIDEO_PROCESSOR = {"qwen2_5_vl": "Qwen2VLVideoProcessor", "qwen3_vl": "Qwen3VLVideoProcessor"}
+VIDEO_PROCESSOR_FILE = "video_preprocessor_config.json"
 # Processor attribute -> Qwen's token (the default when the tokenizer does not name its own).
 VISION_TOKENS = {
     "image_token": "<|image_pad|>",
@@ -112,23 +115,63 @@ def make_processor(arch: str, spec: TinyModelSpec, tokenizer: PreTrainedTokenize
 
 
 def write_vllm_processor_files(folder: str | Path, arch: str, spec: TinyModelSpec) -> None:
-    """Adds the hub-style processor files vLLM needs next to a saved model (image + video processor).
+    """Adds the hub-style processor files vLLM needs next to a saved tiny model (image + video processor).
 
     Overwrites ``processor_config.json`` so that ``processor_class`` names the stock processor, and writes
     flat ``preprocessor_config.json`` / ``video_preprocessor_config.json`` as Qwen's hub checkpoints have them;
     the tokenizer class becomes ``PreTrainedTokenizerFast`` (read from ``tokenizer.json`` by any version).
     """
+    settings = image_processor_kwargs(arch, spec)
+    settings["size"] = {"shortest_edge": spec.min_pixels, "longest_edge": spec.max_pixels}
+    _write_hub_processor_files(Path(folder), arch, settings)
+
+
+def save_processor_for_vllm(
+    processor: ProcessorMixin, folder: str | Path, arch: str, source: str | Path | None = None
+) -> None:
+    """Saves ``processor`` into a model folder in the hub layout, which vLLM and the stock processor load.
+
+    The image settings are ``processor``'s own (a hub checkpoint's, or a tiny model's); the video processor
+    config is copied from ``source`` (the folder the model was loaded from) when it has one, so a fine-tuned
+    Qwen3-VL keeps the hub's video settings, and is derived from the image settings otherwise. The files are
+    those of :func:`write_vllm_processor_files`; :func:`load_processor` still reads the folder without
+    torchvision.
+
+    Raises:
+        ValueError: ``arch`` is not a Qwen-VL architecture served here.
+    """
+    if arch not in STOCK_PROCESSOR:
+        raise ValueError(
+            f"no stock processor for model type {arch!r}; choose one of {sorted(STOCK_PROCESSOR)}"
+        )
     folder = Path(folder)
-    common = image_processor_kwargs(arch, spec)
-    common["size"] = {"shortest_edge": spec.min_pixels, "longest_edge": spec.max_pixels}
-    common.update(do_convert_rgb=True, do_normalize=True, do_rescale=True, do_resize=True, resample=3,
-                  rescale_factor=1 / 255, processor_class=STOCK_PROCESSOR[arch])  # fmt: skip
+    processor.save_pretrained(folder)
+    image = processor.image_processor.to_dict()  # plain JSON types
+    settings = {k: image[k] for k in ("patch_size", "temporal_patch_size", "merge_size", "size")}
+    settings.update(image_mean=list(image["image_mean"]), image_std=list(image["image_std"]))
+    settings.update(min_pixels=image["size"]["shortest_edge"], max_pixels=image["size"]["longest_edge"])
+    video = Path(source) / VIDEO_PROCESSOR_FILE if source is not None else None
+    _write_hub_processor_files(
+        folder, arch, settings, video if video is not None and video.is_file() else None
+    )
+
+
+def _write_hub_processor_files(
+    folder: Path, arch: str, settings: dict, video_config: Path | None = None
+) -> None:
+    """The hub layout from image ``settings``: flat image / video processor configs, the stock processor
+    class, a tokenizer class every transformers version reads. ``video_config``: a file to copy instead."""
+    common = {**settings, "do_convert_rgb": True, "do_normalize": True, "do_rescale": True, "do_resize": True,
+              "resample": 3, "rescale_factor": 1 / 255, "processor_class": STOCK_PROCESSOR[arch]}  # fmt: skip
     image = {**common, "image_processor_type": "Qwen2VLImageProcessor"}
-    video = {**common, "video_processor_type": STOCK_VIDEO_PROCESSOR[arch]}
-    if arch == "qwen3_vl":  # Qwen3-VL samples frames itself and needs these
-        video.update(fps=2, do_sample_frames=True, min_frames=4, max_frames=768)
     (folder / "preprocessor_config.json").write_text(json.dumps(image, indent=2) + "\n")
-    (folder / "video_preprocessor_config.json").write_text(json.dumps(video, indent=2) + "\n")
+    if video_config is not None:
+        video = json.loads(video_config.read_text())
+    else:
+        video = {**common, "video_processor_type": STOCK_VIDEO_PROCESSOR[arch]}
+        if arch == "qwen3_vl":  # Qwen3-VL samples frames itself and needs these
+            video.update(fps=2, do_sample_frames=True, min_frames=4, max_frames=768)
+    (folder / VIDEO_PROCESSOR_FILE).write_text(json.dumps(video, indent=2) + "\n")
     (folder / "processor_config.json").write_text(
         json.dumps({"processor_class": STOCK_PROCESSOR[arch]}) + "\n"
     )

@@ -62,7 +62,8 @@ class RolloutPrompt:
         return out
 
 
-FinishReason = Literal["stop", "length", "prompt_too_long"]
+# max_model_len: the engine's context (prompt + response) ran out before the response's max_tokens did.
+FinishReason = Literal["stop", "length", "prompt_too_long", "max_model_len"]
 
 
 @dataclass

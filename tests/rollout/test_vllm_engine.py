@@ -85,3 +85,17 @@ def test_seeded_requests_draw_their_own_random_numbers(engines):
     assert [c.token_ids for c in a[0]] != [c.token_ids for c in a[1]]
     b = engine.generate(twice, params)  # and the call as a whole repeats
     assert [c.token_ids for g in a for c in g] == [c.token_ids for g in b for c in g]
+
+
+def test_a_response_cut_by_max_model_len_is_reported_and_counted(engines):
+    # 504 prompt tokens in a 512-token context: 8 response tokens fit, 16 are asked for.
+    engine, _, _ = engines
+    prompt = RolloutPrompt([{"role": "user", "content": "plot " * 490}])
+    cuts = engine.stats["max_model_len_cuts"]
+    (cut,) = engine.generate([prompt], SamplingParams(temperature=0.0, max_tokens=16))[0]
+    assert (cut.finish_reason, len(cut.token_ids)) == ("max_model_len", 8)
+    assert engine.stats["max_model_len_cuts"] == cuts + 1
+    # Stopped by max_tokens inside the context: a plain "length" finish, not counted.
+    (capped,) = engine.generate([prompt], SamplingParams(temperature=0.0, max_tokens=6))[0]
+    assert (capped.finish_reason, len(capped.token_ids)) == ("length", 6)
+    assert engine.stats["max_model_len_cuts"] == cuts + 1
