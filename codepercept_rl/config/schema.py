@@ -12,6 +12,7 @@ verl name map (ours -> verl ``actor_rollout_ref.*`` / ``algorithm.*``)::
     actor.loss_agg_mode              actor_rollout_ref.actor.loss_agg_mode
     actor.kl_loss_coef/type          actor_rollout_ref.actor.kl_loss_coef/type
     rollout.n / temperature / top_p  actor_rollout_ref.rollout.n / temperature / top_p
+    ref.fsdp_config.param_offload    actor_rollout_ref.ref.fsdp_config.param_offload
     algorithm.adv_estimator          algorithm.adv_estimator
     algorithm.kl_coef                algorithm.kl_ctrl.kl_coef (flattened: one coefficient, no controller)
     rollout.hybrid_engine            actor_rollout_ref.hybrid_engine
@@ -137,6 +138,23 @@ class ActorConfig:
 
 
 @dataclass
+class RefFSDPConfig:
+    """How the reference model is sharded (verl ``actor_rollout_ref.ref.fsdp_config.*``)."""
+
+    # Parameter shards in host memory between forwards: the reference runs twice per step at most, so its
+    # weights need not hold GPU memory the rollout engine and the policy update could use.
+    param_offload: bool = False
+
+
+@dataclass
+class RefConfig:
+    """The frozen reference policy of the KL term (verl ``actor_rollout_ref.ref.*``). It is built on the
+    learner's own ranks (same processes, GPUs and process group), frozen, in ``model.dtype``."""
+
+    fsdp_config: RefFSDPConfig = field(default_factory=RefFSDPConfig)
+
+
+@dataclass
 class RolloutConfig:
     """Generation (verl ``actor_rollout_ref.rollout.*``)."""
 
@@ -147,6 +165,8 @@ class RolloutConfig:
     top_k: int = -1
     repetition_penalty: float = 1.0
     response_length: int = 512
+    # vLLM's context length (prompt + response tokens); None: data.max_prompt_length + response_length.
+    max_model_len: int | None = None
     tensor_model_parallel_size: int = 1
     gpu_memory_utilization: float = 0.5
     micro_batch_size: int = 16  # sequences per HF generate call; also the granularity of reward overlap
@@ -249,6 +269,7 @@ class JobConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     actor: ActorConfig = field(default_factory=ActorConfig)
+    ref: RefConfig = field(default_factory=RefConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)

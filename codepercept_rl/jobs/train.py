@@ -139,11 +139,7 @@ def setup(cfg: JobConfig, resume: bool = False) -> GRPORun:
         device=cfg.trainer.device,
         temperature=cfg.rollout.temperature,  # log-probs of the distribution the rollouts were drawn from
     )
-    learners = LearnerGroup(learner_cfg, world, cfg.ray, num_gpus_per_rank=1.0 if on_gpu else 0.0)
-    reference = None
-    if _needs_reference(cfg):
-        # A frozen copy of the initial policy on the same ranks layout; its optimizer never steps.
-        reference = LearnerGroup(learner_cfg, world, cfg.ray, num_gpus_per_rank=0.0)
+    learners, reference = build_learners(cfg, learner_cfg, num_gpus_per_rank=1.0 if on_gpu else 0.0)
     if cfg.rollout.hybrid_engine:
         learners.call("sync_rollout_model")  # rank 0's rollout module exists before the engine wraps it
         rollout: Actor | Colocated = Colocated(learners, ColocatedRolloutWorker, cfg.rollout,
@@ -184,6 +180,28 @@ def setup(cfg: JobConfig, resume: bool = False) -> GRPORun:
     return run
 
 
+def build_learners(
+    cfg: JobConfig, learner_cfg: LearnerConfig, num_gpus_per_rank: float
+) -> tuple[LearnerGroup, LearnerGroup | None]:
+    """The policy's ranks and, when a KL term needs one, the frozen reference on the same ranks.
+
+    One Ray actor per rank reserves ``num_gpus_per_rank`` GPUs; the reference is a second, frozen learner in
+    each rank's process (verl's fused actor/ref worker): rank i's reference runs on rank i's GPU, in the
+    process group the policy already set up, in ``model.dtype`` with no optimizer, its parameter shards in host
+    memory between forwards when ``ref.fsdp_config.param_offload``.
+    """
+    world = cfg.trainer.nnodes * cfg.trainer.n_gpus_per_node
+    learners = LearnerGroup(learner_cfg, world, cfg.ray, num_gpus_per_rank=num_gpus_per_rank)
+    reference = None
+    if _needs_reference(cfg):
+        ref_cfg = dataclasses.replace(
+            learner_cfg, trainable=False, param_offload=cfg.ref.fsdp_config.param_offload,
+            model=dataclasses.replace(learner_cfg.model, enable_gradient_checkpointing=False),
+        )  # fmt: skip
+        reference = learners.add_role("ref", ref_cfg)
+    return learners, reference
+
+
 def _validate(cfg: JobConfig) -> None:
     if not cfg.data.train_files:
         raise UserError(
@@ -221,11 +239,12 @@ def _driver_processor(cfg: JobConfig) -> Any:
     from codepercept_rl.learner.learner import load_policy
 
     if cfg.model.path:
-        from transformers import AutoProcessor
+        from transformers import AutoConfig
 
-        import codepercept_rl.models  # noqa: F401 - registers the image-only processor classes
+        from codepercept_rl.models.processor import load_processor
 
-        return AutoProcessor.from_pretrained(cfg.model.path)
+        # Not AutoProcessor: S1's export names the stock processor (for vLLM), whose video half needs torchvision.
+        return load_processor(cfg.model.path, AutoConfig.from_pretrained(cfg.model.path).model_type)
     return load_policy(cfg.model, seed=cfg.trainer.seed)[1]
 
 
@@ -541,6 +560,8 @@ def _step_metrics(run, kept, scores, rewards, adv, update_stats, grad_norms, lrs
     m["batch/filtered_groups"] = float(filtered)
     m["batch/num_gen_batches"] = float(rounds)
     m["batch/prompt_too_long"] = float(sum(r.finish_reason == "prompt_too_long" for r in kept.rollouts))
+    # Cut by the engine's context (rollout.max_model_len), not by response_length: a truncation to look into.
+    m["batch/max_model_len_cut"] = float(sum(r.finish_reason == "max_model_len" for r in kept.rollouts))
     for k, v in timing.items():
         m[f"timing_s/{k}"] = v
     total_tokens = sum(lengths) + sum(len(run.encoder.encode(p)[0]) for p in kept.prompts) * cfg.rollout.n
@@ -627,9 +648,9 @@ def cleanup(run: GRPORun) -> None:
     """Close the actors and the tracker."""
     for actor in (run.rollout, run.reward):
         actor.shutdown()
-    run.learners.shutdown()
-    if run.reference is not None:
+    if run.reference is not None:  # before the ranks it lives on stop
         run.reference.shutdown()
+    run.learners.shutdown()
     run.tracker.finish()
 
 

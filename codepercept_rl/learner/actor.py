@@ -37,23 +37,29 @@ from codepercept_rl.learner.dist import free_port
 __all__ = ["RankWorker", "LearnerGroup", "init_ray", "run_on_ranks"]
 
 
-def _rank_env(rank: int, world_size: int, addr: str, port: int) -> dict[str, str]:
-    # LOCAL_RANK 0: Ray gives each actor its own CUDA_VISIBLE_DEVICES, so its GPU is always cuda:0.
-    return {"RANK": str(rank), "WORLD_SIZE": str(world_size), "LOCAL_RANK": "0",
+def _rank_env(rank: int, world_size: int, addr: str, port: int, local_rank: int) -> dict[str, str]:
+    return {"RANK": str(rank), "WORLD_SIZE": str(world_size), "LOCAL_RANK": str(local_rank),
             "MASTER_ADDR": addr, "MASTER_PORT": str(port)}  # fmt: skip
 
 
 class RankWorker:
     """One rank: sets its process-group environment, then runs functions or a ``Learner``'s methods.
 
-    A plain class: ``ray.remote(RankWorker)`` makes it an actor; in-process it is used as is.
+    A rank may hold several learners by role (verl's fused actor/ref worker): the policy (``actor``) and a
+    frozen ``ref`` share the process, its GPU and its process group. A plain class: ``ray.remote(RankWorker)``
+    makes it an actor; in-process it is used as is.
     """
 
     def __init__(self, env: dict[str, str] | None = None) -> None:
         if env:
             os.environ.update(env)
-        self.learner: Any = None
+        self.learners: dict[str, Any] = {}
         self.attached: Any = None
+
+    @property
+    def learner(self) -> Any:
+        """The ``actor`` role's learner (None before :meth:`build_learner`)."""
+        return self.learners.get("actor")
 
     def node_address(self) -> tuple[str, int]:
         """This actor's node IP and a free port on it (rank 0's become MASTER_ADDR / MASTER_PORT)."""
@@ -70,17 +76,44 @@ class RankWorker:
         """Runs ``fn(*args)`` on this rank and returns its result."""
         return fn(*args)
 
-    def build_learner(self, cfg: Any) -> None:
-        """Builds this rank's ``Learner`` (joins the process group)."""
+    def build_learner(self, cfg: Any, role: str = "actor") -> None:
+        """Builds this rank's ``Learner`` for ``role`` (the first one joins the process group)."""
         from codepercept_rl.learner.learner import Learner
 
-        self.learner = Learner(cfg)
+        if role in self.learners:
+            raise RuntimeError(f"this rank already holds a {role!r} learner")
+        self.learners[role] = Learner(cfg)
+
+    def drop_learner(self, role: str) -> None:
+        """Frees ``role``'s learner (its model and optimizer) and the memory it held."""
+        self.learners.pop(role, None)
+        import gc
+
+        gc.collect()
 
     def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        """Calls ``Learner.<method>(*args, **kwargs)`` on this rank."""
-        if self.learner is None:
-            raise RuntimeError("build_learner first")
-        return getattr(self.learner, method)(*args, **kwargs)
+        """Calls ``Learner.<method>(*args, **kwargs)`` of the ``actor`` role on this rank."""
+        return self.call_role("actor", method, *args, **kwargs)
+
+    def call_role(self, role: str, method: str, *args: Any, **kwargs: Any) -> Any:
+        """Calls ``Learner.<method>(*args, **kwargs)`` of ``role`` on this rank."""
+        if role not in self.learners:
+            raise RuntimeError(f"no {role!r} learner on this rank: build_learner(cfg, {role!r}) first")
+        return getattr(self.learners[role], method)(*args, **kwargs)
+
+    def placement(self) -> dict[str, Any]:
+        """Where this rank runs: process id, node, the GPUs it may see, ``LOCAL_RANK``, each role's device."""
+        import ray
+
+        gpu_ids = [str(g) for g in ray.get_gpu_ids()] if ray.is_initialized() else []
+        return {
+            "pid": os.getpid(),
+            "node_ip": ray.util.get_node_ip_address() if ray.is_initialized() else "127.0.0.1",
+            "gpu_ids": gpu_ids,
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+            "local_rank": os.environ.get("LOCAL_RANK"),
+            "devices": {role: str(learner.dist.device) for role, learner in self.learners.items()},
+        }
 
     def attach(self, cls: type, *args: Any) -> None:
         """Builds ``cls(learner, *args)`` in this process, beside the learner (a colocated rollout engine)."""
@@ -118,14 +151,17 @@ def _ray_workers(world_size: int, ray_cfg: RayConfig, num_gpus: float) -> list[A
     actor_cls = ray.remote(num_cpus=1, num_gpus=num_gpus)(RankWorker)
     workers = [actor_cls.remote() for _ in range(world_size)]
     addr, port = ray.get(workers[0].node_address.remote())
-    ray.get([w.set_env.remote(_rank_env(r, world_size, addr, port)) for r, w in enumerate(workers)])
+    # LOCAL_RANK 0: an actor that reserves a GPU sees only that one (Ray sets its CUDA_VISIBLE_DEVICES), so
+    # its device is cuda:0 whichever GPU of the node it got.
+    ray.get([w.set_env.remote(_rank_env(r, world_size, addr, port, 0)) for r, w in enumerate(workers)])
     return workers
 
 
 def _spawn_target(
     index: int, fn: Callable[..., Any], world_size: int, port: int, args: tuple, results: Any
 ) -> None:
-    os.environ.update(_rank_env(index, world_size, "127.0.0.1", port))
+    # Local processes on one machine see every GPU: rank i takes cuda:i, as under torchrun.
+    os.environ.update(_rank_env(index, world_size, "127.0.0.1", port, index))
     results[index] = fn(*args)
 
 
@@ -169,13 +205,18 @@ class LearnerGroup:
         ray_cfg: ``enabled=false`` runs a single rank in this process (``world_size`` must be 1).
         num_gpus_per_rank: GPUs each Ray actor reserves (1 on GPU clusters).
 
+    :meth:`add_role` puts a second learner (GRPO's frozen reference) on the same ranks and returns a group that
+    drives it: the same processes, GPUs and process group, as verl fuses its actor and reference workers.
+
     Raises:
         ValueError: ``world_size > 1`` with Ray disabled (use torchrun or ``run_on_ranks`` then).
     """
 
     def __init__(self, cfg: Any, world_size: int, ray_cfg: RayConfig, num_gpus_per_rank: float = 0.0) -> None:
         self.world_size = world_size
+        self.role = "actor"
         self._ray = ray_cfg.enabled
+        self._owner = True  # kills the actors at shutdown (a role's group only drops its learners)
         self._attached_pool: concurrent.futures.ThreadPoolExecutor | None = None
         if not self._ray:
             if world_size != 1:
@@ -190,6 +231,22 @@ class LearnerGroup:
         self._workers = _ray_workers(world_size, ray_cfg, num_gpus_per_rank)
         ray.get([w.build_learner.remote(cfg) for w in self._workers])
 
+    def add_role(self, role: str, cfg: Any) -> LearnerGroup:
+        """Builds ``cfg``'s learner as ``role`` on every rank of this group; returns the group that drives it.
+
+        The new learners join the ranks' existing process group; that group's ``shutdown`` frees them and
+        leaves the ranks running.
+        """
+        if self._ray:
+            import ray
+
+            ray.get([w.build_learner.remote(cfg, role) for w in self._workers])
+        else:
+            self._workers[0].build_learner(cfg, role)
+        view = object.__new__(LearnerGroup)
+        view.__dict__.update(self.__dict__, role=role, _owner=False, _attached_pool=None)
+        return view
+
     def call(self, method: str, per_rank_args: Sequence[tuple] | None = None, **kwargs: Any) -> list[Any]:
         """Calls a ``Learner`` method on every rank at once (they run collectives); results by rank.
 
@@ -202,12 +259,23 @@ class LearnerGroup:
         if len(args) != self.world_size:
             raise ValueError(f"per_rank_args has {len(args)} entries for {self.world_size} ranks")
         if not self._ray:
-            return [self._workers[0].call(method, *args[0], **kwargs)]
+            return [self._workers[0].call_role(self.role, method, *args[0], **kwargs)]
         import ray
 
         return ray.get(
-            [w.call.remote(method, *a, **kwargs) for w, a in zip(self._workers, args, strict=True)]
+            [
+                w.call_role.remote(self.role, method, *a, **kwargs)
+                for w, a in zip(self._workers, args, strict=True)
+            ]
         )
+
+    def placements(self) -> list[dict[str, Any]]:
+        """Each rank's :meth:`RankWorker.placement` (process, GPUs, ``LOCAL_RANK``, devices), by rank."""
+        if not self._ray:
+            return [self._workers[0].placement()]
+        import ray
+
+        return ray.get([w.placement.remote() for w in self._workers])
 
     def attach(self, cls: type, *args: Any) -> None:
         """Builds ``cls(rank 0's learner, *args)`` inside rank 0's process (see :meth:`submit_attached`)."""
@@ -233,11 +301,21 @@ class LearnerGroup:
         return self._attached_pool.submit(self._workers[0].call_attached, method, *args, **kwargs)
 
     def shutdown(self) -> None:
-        """Stops the actors (their process groups go with them)."""
+        """Stops the actors (their process groups go with them); a role's group frees only its learners."""
         if self._attached_pool is not None:
             self._attached_pool.shutdown(wait=True)
             self._attached_pool = None
-        if self._ray:
+        if not self._owner:
+            if self._ray:
+                import ray
+
+                try:
+                    ray.get([w.drop_learner.remote(self.role) for w in self._workers])
+                except ray.exceptions.RayActorError:
+                    pass  # the owning group stopped the ranks first: the learners went with them
+            elif self._workers:
+                self._workers[0].drop_learner(self.role)
+        elif self._ray:
             import ray
 
             for w in self._workers:

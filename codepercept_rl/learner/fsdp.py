@@ -14,12 +14,14 @@ import logging
 
 import torch
 from torch.distributed.device_mesh import DeviceMesh
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 from transformers import PreTrainedModel
 
 log = logging.getLogger(__name__)
 
-__all__ = ["pick_attn_implementation", "freeze_vision_tower", "apply_fsdp2", "trainable_parameter_count"]
+__all__ = [
+    "pick_attn_implementation", "freeze_vision_tower", "apply_fsdp2", "compute_dtype", "trainable_parameter_count"
+]  # fmt: skip
 
 # float64: numerical checks only (the verl parity suite compares update math without fp32 rounding noise).
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}
@@ -59,14 +61,29 @@ def trainable_parameter_count(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def apply_fsdp2(model: PreTrainedModel, mesh: DeviceMesh, dtype: str = "float32") -> PreTrainedModel:
+def compute_dtype(dtype: str) -> torch.dtype:
+    """The torch dtype of a ``model.dtype`` name.
+
+    Raises:
+        ValueError: ``float16`` (needs loss scaling, not supported) or an unknown name.
+    """
+    if dtype not in _DTYPES:
+        raise ValueError(f"model.dtype={dtype!r} is not supported for training; use float32 or bfloat16")
+    return _DTYPES[dtype]
+
+
+def apply_fsdp2(
+    model: PreTrainedModel, mesh: DeviceMesh, dtype: str = "float32", *, param_offload: bool = False
+) -> PreTrainedModel:
     """Shards ``model`` in place over ``mesh``: one FSDP unit per block in ``_no_split_modules``, then the root.
 
     Args:
         model: a Hugging Face model on CPU or this rank's device, fp32 parameters.
         mesh: the 1-D ``fsdp`` mesh from :func:`codepercept_rl.learner.dist.init_distributed`.
-        dtype: compute dtype, ``float32`` or ``bfloat16`` (parameters and optimizer state stay fp32);
-            ``float64`` for numerical checks.
+        dtype: compute dtype, ``float32`` or ``bfloat16`` (parameters are kept in their own dtype: fp32 master
+            weights for a trained model, the compute dtype for a frozen one); ``float64`` for numerical checks.
+        param_offload: keep the parameter shards in host memory between uses (FSDP2 ``CPUOffloadPolicy``,
+            verl's ``fsdp_config.param_offload``): each unit is copied to the device for its forward only.
 
     Returns:
         The same module, now an ``FSDPModule`` whose parameters are ``DTensor`` shards.
@@ -74,9 +91,10 @@ def apply_fsdp2(model: PreTrainedModel, mesh: DeviceMesh, dtype: str = "float32"
     Raises:
         ValueError: ``float16`` (needs loss scaling, not supported) or a model with no block to shard.
     """
-    if dtype not in _DTYPES:
-        raise ValueError(f"model.dtype={dtype!r} is not supported for training; use float32 or bfloat16")
-    compute = _DTYPES[dtype]
+    compute = compute_dtype(dtype)
+    offload: OffloadPolicy = (
+        CPUOffloadPolicy(pin_memory=mesh.device_type == "cuda") if param_offload else OffloadPolicy()
+    )
     policy = MixedPrecisionPolicy(
         param_dtype=compute, reduce_dtype=torch.promote_types(compute, torch.float32)
     )
@@ -85,8 +103,9 @@ def apply_fsdp2(model: PreTrainedModel, mesh: DeviceMesh, dtype: str = "float32"
     if not blocks:
         raise ValueError(f"{type(model).__name__} lists no block classes in _no_split_modules to shard")
     for block in blocks:
-        fully_shard(block, mesh=mesh, mp_policy=policy)
+        fully_shard(block, mesh=mesh, mp_policy=policy, offload_policy=offload)
     # The root keeps embeddings and the (tied) LM head together: sharding them apart would break the tie.
-    fully_shard(model, mesh=mesh, mp_policy=policy)
-    log.info("FSDP2: %d blocks sharded over %d rank(s), compute dtype %s", len(blocks), mesh.size(), dtype)
+    fully_shard(model, mesh=mesh, mp_policy=policy, offload_policy=offload)
+    log.info("FSDP2: %d blocks sharded over %d rank(s), compute dtype %s%s", len(blocks), mesh.size(), dtype,
+             ", parameters offloaded to host memory" if param_offload else "")  # fmt: skip
     return model

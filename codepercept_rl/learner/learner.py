@@ -41,6 +41,7 @@ from codepercept_rl.learner.batch import MicroBatch
 from codepercept_rl.learner.dist import DistInfo, init_distributed
 from codepercept_rl.learner.fsdp import (
     apply_fsdp2,
+    compute_dtype,
     freeze_vision_tower,
     pick_attn_implementation,
     trainable_parameter_count,
@@ -79,6 +80,11 @@ class LearnerConfig:
     # distribution its rollouts were sampled from (old, new and reference log-probs alike, as verl does); SFT
     # keeps 1.
     temperature: float = 1.0
+    # false: a frozen model (GRPO's reference): no optimizer, no gradients, parameters stored in the compute
+    # dtype (bf16 on GPUs, half the memory of fp32 master weights), as verl keeps its reference policy.
+    trainable: bool = True
+    # Parameter shards in host memory between forwards (verl ``ref.fsdp_config.param_offload``).
+    param_offload: bool = False
 
     def __post_init__(self) -> None:
         if not self.temperature > 0:
@@ -156,7 +162,11 @@ class Learner:
             frozen = freeze_vision_tower(model)
             log.info("vision tower frozen: %d parameters", frozen)
         log.info("trainable parameters: %d", trainable_parameter_count(model))
-        if cfg.model.enable_gradient_checkpointing:
+        if not cfg.trainable:
+            # Frozen: no fp32 master copy to keep (nothing updates it) and no activations kept for a backward.
+            model.requires_grad_(False)
+            model.to(compute_dtype(cfg.model.dtype))
+        elif cfg.model.enable_gradient_checkpointing:
             # Non-reentrant checkpointing composes with FSDP2's hooks; reentrant does not.
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         self._model_cls = type(model)
@@ -164,14 +174,17 @@ class Learner:
         self.generation_config = model.generation_config
         full_state = model.state_dict() if from_rank0 and self.dist.is_main else {}
         if from_rank0:
-            self.model = apply_fsdp2(model, self.dist.mesh, cfg.model.dtype)
+            self.model = apply_fsdp2(model, self.dist.mesh, cfg.model.dtype, param_offload=cfg.param_offload)
             _broadcast_weights_from_rank0(self.model, full_state, self.dist.device)
         else:
             model.to(self.dist.device)
-            self.model = apply_fsdp2(model, self.dist.mesh, cfg.model.dtype)
-        self.model.train()
-        self.optimizer = build_optimizer(self.model.named_parameters(), cfg.optim)
-        self.scheduler = build_scheduler(self.optimizer, cfg.optim, cfg.total_steps)
+            self.model = apply_fsdp2(model, self.dist.mesh, cfg.model.dtype, param_offload=cfg.param_offload)
+        self.model.train(cfg.trainable)
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.scheduler: Any = None
+        if cfg.trainable:
+            self.optimizer = build_optimizer(self.model.named_parameters(), cfg.optim)
+            self.scheduler = build_scheduler(self.optimizer, cfg.optim, cfg.total_steps)
         self.step = 0  # optimizer steps done
         self._rollout_model: PreTrainedModel | None = None
 
@@ -181,12 +194,13 @@ class Learner:
         Raises:
             RuntimeError: called after optimizer steps were taken.
         """
+        optimizer = self._optimizer("set_total_steps")
         if self.step:
             raise RuntimeError(f"set_total_steps after {self.step} steps would change the schedule mid-run")
-        for group in self.optimizer.param_groups:  # LambdaLR scaled them; start from the base lr again
+        for group in optimizer.param_groups:  # LambdaLR scaled them; start from the base lr again
             group["lr"] = group["initial_lr"]
         self.cfg.total_steps = total_steps
-        self.scheduler = build_scheduler(self.optimizer, self.cfg.optim, total_steps)
+        self.scheduler = build_scheduler(optimizer, self.cfg.optim, total_steps)
 
     # ------------------------------------------------------------------------------------------------------------
     # forward / update
@@ -248,6 +262,7 @@ class Learner:
         Raises:
             ValueError: no micro-batch, or a non-positive normalizer.
         """
+        optimizer = self._optimizer("train_step")
         lr = self.scheduler.get_last_lr()[0]
         result = self.backward(micro_batches, loss_fn, normalizer, with_entropy)
         grad_norm = self._clip_grad_norm()
@@ -255,8 +270,8 @@ class Learner:
         if skipped:
             log.warning("step %d: gradient norm is %s; update skipped", self.step, grad_norm)
         else:
-            self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         self.step += 1
         return {
@@ -281,6 +296,7 @@ class Learner:
         Returns:
             ``loss`` and ``stats/<name>``, as :meth:`train_step`.
         """
+        self._optimizer("backward")
         if not micro_batches:
             raise ValueError("train_step needs at least one micro-batch on every rank")
         if not normalizer > 0:
@@ -289,7 +305,8 @@ class Learner:
         # FSDP2 averages gradients over ranks; scaling by the world size makes the reduction a sum, so the
         # gradient is d(sum of losses / normalizer) whatever the split.
         scale = self.dist.world_size / normalizer
-        loss_sum = torch.zeros((), dtype=torch.float64)
+        # Sums stay on the device (no host sync per micro-batch) and cross ranks in one all-reduce at the end.
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.dist.device)
         stat_sums: dict[str, torch.Tensor] = {}
         for mb, weight in self._aligned(micro_batches):
             mb = mb.to(self.dist.device)
@@ -300,14 +317,14 @@ class Learner:
                 stats = {**stats, "entropy": (entropy * mb.loss_mask).sum()}
             loss = loss * weight
             (loss * scale).backward()
-            loss_sum += loss.detach().double().cpu()
+            loss_sum += loss.detach().double()
             for name, value in stats.items():
-                stat_sums[name] = stat_sums.get(name, 0.0) + value.detach().double().cpu() * weight
-        result = {"loss": self._all_reduce_sum(loss_sum) / normalizer}
-        for name in sorted(stat_sums):  # every rank reports the same names, in the same order
-            result[f"stats/{name}"] = self._all_reduce_sum(
-                torch.as_tensor(stat_sums[name], dtype=torch.float64)
-            )
+                term = value.detach().double() * weight
+                stat_sums[name] = stat_sums[name] + term if name in stat_sums else term
+        names = sorted(stat_sums)  # every rank reports the same names, in the same order
+        totals = self._all_reduce_sums([loss_sum, *(stat_sums[n] for n in names)])
+        result = {"loss": totals[0] / normalizer}
+        result.update({f"stats/{name}": total for name, total in zip(names, totals[1:], strict=True)})
         return result
 
     def full_gradients(self) -> dict[str, torch.Tensor]:
@@ -325,7 +342,14 @@ class Learner:
 
     def zero_grad(self) -> None:
         """Drops the accumulated gradients (after :meth:`backward` without a step)."""
-        self.optimizer.zero_grad(set_to_none=True)
+        self._optimizer("zero_grad").zero_grad(set_to_none=True)
+
+    def _optimizer(self, what: str) -> torch.optim.Optimizer:
+        if self.optimizer is None:
+            raise RuntimeError(
+                f"{what}: this learner is frozen (LearnerConfig.trainable=false, a reference model)"
+            )
+        return self.optimizer
 
     @torch.no_grad()
     def forward_logprobs_batches(
@@ -354,12 +378,12 @@ class Learner:
     def loss_sum(self, micro_batches: Sequence[MicroBatch], loss_fn: LossFn) -> float:
         """The global sum of ``loss_fn`` over every rank's micro-batches, no gradient (validation)."""
         self.model.eval()
-        local = torch.zeros((), dtype=torch.float64)
+        local = torch.zeros((), dtype=torch.float64, device=self.dist.device)
         for mb, weight in self._aligned(micro_batches):
             mb = mb.to(self.dist.device)
-            local += (loss_fn(self.forward_logprobs(mb), mb) * weight).double().cpu()
+            local += (loss_fn(self.forward_logprobs(mb), mb) * weight).double()
         self.model.train()
-        return self._all_reduce_sum(local)
+        return self._all_reduce_sums([local])[0]
 
     def _aligned(self, micro_batches: Sequence[MicroBatch]) -> list[tuple[MicroBatch, float]]:
         """Pads every rank to the same number of forwards (FSDP's collectives must match), with weight 0."""
@@ -382,12 +406,14 @@ class Learner:
             norm = norm.full_tensor()
         return float(norm.item())
 
-    def _all_reduce_sum(self, value: torch.Tensor) -> float:
+    def _all_reduce_sums(self, values: Sequence[torch.Tensor]) -> list[float]:
+        """Sums of scalars over ranks in one collective. The scalars must be on this rank's device: NCCL
+        reduces device tensors only (a host tensor fails with "No backend type associated with device type
+        cpu")."""
+        stacked = torch.stack([v.reshape(()).to(torch.float64) for v in values])
         if self.dist.world_size > 1:
-            # gloo reduces fp64 on CPU; NCCL wants the tensor on the device.
-            value = value.to(self.dist.device)
-            dist.all_reduce(value)
-        return float(value.item())
+            dist.all_reduce(stacked)
+        return stacked.tolist()
 
     # ------------------------------------------------------------------------------------------------------------
     # weights out: rollout, checkpoints, export
@@ -484,19 +510,28 @@ class Learner:
         """Atomic sharded checkpoint of model, optimizer, scheduler, RNG, ``extra`` and the step (see
         :mod:`codepercept_rl.learner.checkpoint`). Every rank must call it."""
         extra = {**(extra or {}), "learner_step": self.step}
-        return ckpt.save_checkpoint(root, self.step, self.model, self.optimizer, self.scheduler, extra, keep)
+        optimizer = self._optimizer("save_checkpoint")
+        return ckpt.save_checkpoint(root, self.step, self.model, optimizer, self.scheduler, extra, keep)
 
     def load_checkpoint(self, path: str | Path) -> dict[str, Any]:
         """Restores a checkpoint written by :meth:`save_checkpoint`; returns this rank's ``extra``."""
         t0 = time.perf_counter()
-        step, extra = ckpt.load_checkpoint(path, self.model, self.optimizer, self.scheduler)
+        step, extra = ckpt.load_checkpoint(
+            path, self.model, self._optimizer("load_checkpoint"), self.scheduler
+        )
         self.step = step
         log.info("resumed from %s (step %d) in %.2fs", path, step, time.perf_counter() - t0)
         return extra
 
     def export_hf(self, path: str | Path) -> Path | None:
         """Writes a plain Hugging Face folder (``save_pretrained`` + processor) that loads with
-        ``from_pretrained``. Every rank must call it; rank 0 writes. Returns the folder on rank 0."""
+        ``from_pretrained``. Every rank must call it; rank 0 writes. Returns the folder on rank 0.
+
+        The processor is saved in the hub layout (image *and* video processor configs, the stock processor
+        class), which vLLM needs to serve the folder (R1's ``model.path`` is S1's export).
+        """
+        from codepercept_rl.models.processor import save_processor_for_vllm
+
         state = self.state_dict_for_rollout()
         if not self.dist.is_main:
             return None
@@ -507,6 +542,6 @@ class Learner:
         path.mkdir(parents=True, exist_ok=True)
         model.save_pretrained(path)
         if self.processor is not None:
-            self.processor.save_pretrained(path)
+            save_processor_for_vllm(self.processor, path, self.config.model_type, source=self.cfg.model.path)
         log.info("exported Hugging Face folder to %s", path)
         return path

@@ -69,3 +69,45 @@ def test_colocated_rollout_with_two_learner_ranks_uses_gathered_weights(r1_files
             assert two[step][key] == one[step][key], (step, key)
         # The update itself: the same gradient, summed over two ranks instead of one.
         assert two[step]["actor/grad_norm"] == pytest.approx(one[step]["actor/grad_norm"], rel=1e-4)
+
+
+@pytest.mark.timeout(600)
+def test_reference_runs_on_each_policy_ranks_own_gpu(r1_files, tmp_path):
+    # Ray with two fake GPUs (this machine has none): Ray still assigns them and sets each actor's
+    # CUDA_VISIBLE_DEVICES, which is what places ranks on a GPU node. The learners compute on the CPU.
+    import torch
+
+    from codepercept_rl.jobs.train import build_learners
+    from codepercept_rl.learner import LearnerConfig
+    from codepercept_rl.learner.batch import MicroBatch
+
+    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        cfg = ray_config(r1_files, tmp_path, "gpus", "trainer.n_gpus_per_node=2", "actor.use_kl_loss=true")
+        learner_cfg = LearnerConfig(model=cfg.model, device="cpu", temperature=cfg.rollout.temperature)
+        learners, reference = build_learners(cfg, learner_cfg, num_gpus_per_rank=1.0)
+        try:
+            assert reference is not None
+            places = learners.placements()
+            assert places == reference.placements()  # the same rank processes hold both roles
+            assert sorted(p["gpu_ids"] for p in places) == [["0"], ["1"]]  # one GPU each, none shared
+            for p in places:
+                assert p["cuda_visible_devices"] == p["gpu_ids"][0] and p["local_rank"] == "0"
+                assert set(p["devices"]) == {"actor", "ref"}
+            ids = torch.randint(10, 100, (2, 9), generator=torch.Generator().manual_seed(0))
+            mbs = [
+                [MicroBatch(ids[r : r + 1], torch.ones_like(ids[r : r + 1]), torch.ones(1, 9))]
+                for r in range(2)
+            ]
+            # Frozen, but the same initial weights: the reference's log-probs are the policy's.
+            ours = learners.call("forward_logprobs_batches", per_rank_args=[(m,) for m in mbs])
+            ref = reference.call("forward_logprobs_batches", per_rank_args=[(m,) for m in mbs])
+            for a, b in zip(ours, ref, strict=True):
+                torch.testing.assert_close(a[0], b[0])
+            with pytest.raises(ray.exceptions.RayTaskError, match="frozen"):
+                reference.call("zero_grad")
+        finally:
+            reference.shutdown()
+            learners.shutdown()
+    finally:
+        ray.shutdown()

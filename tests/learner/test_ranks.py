@@ -86,3 +86,12 @@ def test_ray_started_here_runs_its_workers_at_the_configured_niceness() -> None:
             ray.shutdown()
     assert seen[0] == os.nice(0)  # the same as the process that started Ray
     assert seen[None] > seen[0]
+
+
+def _local_rank() -> str:
+    return os.environ["LOCAL_RANK"]
+
+
+def test_spawned_ranks_each_take_their_own_local_device() -> None:
+    # Local processes see every GPU of the machine: rank i must use cuda:i (LOCAL_RANK=i), not all cuda:0.
+    assert run_on_ranks(_local_rank, 2, ray_cfg=RayConfig(enabled=False)) == ["0", "1"]
