@@ -78,6 +78,9 @@ class ModelConfig:
     # Tokens per LM-head chunk when the learner computes log-probs and entropy: never [tokens x vocab] logits
     # at once (each chunk is recomputed in the backward). 0: all tokens in one chunk.
     logprob_chunk_size: int = 512
+    # verl model.use_remove_padding: the learner's forwards pack each micro-batch's real tokens into one row
+    # (per-sequence positions, block-diagonal attention): no compute on padding, the same log-probs.
+    use_remove_padding: bool = False
     freeze_vision_tower: bool = False
     attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
 

@@ -48,6 +48,7 @@ from codepercept_rl.learner.fsdp import (
 )
 from codepercept_rl.learner.logprobs import lm_head_logprobs
 from codepercept_rl.learner.optim import build_optimizer, build_scheduler
+from codepercept_rl.learner.packing import pack, unpack
 from codepercept_rl.models.processor import load_processor
 from codepercept_rl.models.tiny import build_tiny_model, load_model
 
@@ -216,6 +217,8 @@ class Learner:
         self, mb: MicroBatch, with_entropy: bool, loss_positions_only: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         mb = mb.to(self.dist.device)
+        if self.cfg.model.use_remove_padding:
+            return self._forward_packed(mb, with_entropy)
         B, T = mb.input_ids.shape
         first = 1  # the first token whose log-prob is computed
         if loss_positions_only:
@@ -237,6 +240,22 @@ class Learner:
         # Entropy of the distribution token t was drawn from, aligned like the log-probs; a statistic, no graph.
         entropy = F.pad(head.entropy, (first, 0)) if with_entropy else None
         return F.pad(logprobs, (first, 0)), entropy  # (B, T)
+
+    def _forward_packed(self, mb: MicroBatch, with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """:meth:`_forward` on the micro-batch's real tokens packed into one row (``model.use_remove_padding``,
+        :mod:`~codepercept_rl.learner.packing`); the same (B, T) values, no compute on padding."""
+        packed = pack(self.model, mb)
+        targets = packed.input_ids[:, 1:]
+        with lm_head_logprobs(
+            self.model,
+            targets,
+            temperature=self.cfg.temperature,
+            chunk_size=self.cfg.model.logprob_chunk_size,
+            with_entropy=with_entropy,
+        ) as head:
+            logprobs = self.model(**packed.inputs, use_cache=False).logits  # (1, N - 1)
+        entropy = unpack(head.entropy, packed) if with_entropy else None
+        return unpack(logprobs, packed), entropy
 
     def train_step(
         self,
