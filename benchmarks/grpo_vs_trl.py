@@ -190,6 +190,7 @@ def our_config(args: argparse.Namespace, root: Path, model_dir: Path, parquet: P
         "tracking.backends=[jsonl]",
         f"ray.enabled={'true' if ray else 'false'}",
         "ray.num_cpus=2",
+        *args.ours_override,
     ]
     return load_config(RECIPE, overrides, schema=JobConfig)
 
@@ -426,6 +427,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--ray", action="store_true", help="also time ours with Ray actors (not in the ratio)"
     )
+    parser.add_argument("--ours-override", action="append", default=[], metavar="KEY=VALUE",
+                        help="an extra config override for our engine (e.g. model.use_remove_padding=true)")  # fmt: skip
     # internal: one repeat of one engine in a child process (see spawn)
     parser.add_argument("--worker", choices=("ours", "ours-ray", "trl"), help=argparse.SUPPRESS)
     parser.add_argument("--root", help=argparse.SUPPRESS)
