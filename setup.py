@@ -62,5 +62,5 @@ setup(
     extras_require=EXTRAS,
     entry_points={"console_scripts": ["codepercept-rl=codepercept_rl.cli:main"]},
     include_package_data=True,
-    package_data={"codepercept_rl.models": ["assets/*.txt"]},
+    package_data={"codepercept_rl.models": ["assets/*.txt", "assets/configs/*.json"]},
 )

@@ -39,6 +39,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "codepercept_rl.config.cli:main",
         "Print a recipe's resolved config after validation and overrides.",
     ),
+    "plan": (
+        "codepercept_rl.plan:main",
+        "Per-GPU memory of a recipe (weights, grads, optimizer, activations, vLLM) and whether it fits.",
+    ),
     "plot": ("codepercept_rl.plotting:main", "Draw a run's training curves (metrics.jsonl) to PNG."),
 }
 

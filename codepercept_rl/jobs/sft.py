@@ -64,6 +64,7 @@ from codepercept_rl.errors import UserError
 from codepercept_rl.learner import Learner, LearnerConfig, sft_loss
 from codepercept_rl.learner import checkpoint as ckpt
 from codepercept_rl.learner.dist import init_distributed, resolve_device
+from codepercept_rl.plan import check_placement
 from codepercept_rl.tracking import Tracker
 from codepercept_rl.utils.run import prepare_run_dir, seed_everything
 
@@ -534,6 +535,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ValueError as e:
             raise UserError(str(e)) from None
         check_state_memory(cfg.model, cfg.sft.num_processes, device)
+    check_placement(cfg, "s1")  # with Ray: refuse in one line a cluster with too few GPUs
     gpus = 1.0 if cfg.trainer.device == "cuda" else 0.0  # Ray gives each rank actor its own GPU
     run_on_ranks(run_rank, cfg.sft.num_processes, cfg, args.resume, ray_cfg=cfg.ray, num_gpus_per_rank=gpus)
     return 0

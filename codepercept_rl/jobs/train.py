@@ -70,6 +70,7 @@ from codepercept_rl.grpo.workers import Actor, Colocated, ColocatedRolloutWorker
 from codepercept_rl.learner import LearnerConfig
 from codepercept_rl.learner import checkpoint as ckpt
 from codepercept_rl.learner.actor import LearnerGroup, init_ray
+from codepercept_rl.plan import check_placement
 from codepercept_rl.rollout import SamplingParams
 from codepercept_rl.rollout.hf import vision_token_ids
 from codepercept_rl.tracking import Tracker
@@ -126,6 +127,7 @@ def setup(cfg: JobConfig, resume: bool = False) -> GRPORun:
     val_data = R1Dataset(cfg.data.val_files, strict=cfg.data.strict) if cfg.data.val_files else None
     if cfg.ray.enabled:
         init_ray(cfg.ray, log_to_driver=True)
+        check_placement(cfg)  # one line naming the missing GPUs, not a hang on a placement
     world = cfg.trainer.nnodes * cfg.trainer.n_gpus_per_node
     on_gpu = cfg.trainer.device == "cuda" or (cfg.trainer.device == "auto" and torch.cuda.is_available())
     total = cfg.trainer.total_training_steps or max(1, cfg.trainer.total_epochs * len(train_data)
