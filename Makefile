@@ -82,3 +82,4 @@ vllm-env: $(VLLM_VENV)/.installed
 test-vllm: $(VLLM_VENV)/.installed
 	$(VLLM_VENV)/bin/python -m pytest -q tests/rollout/test_vllm_engine.py
 	$(VLLM_VENV)/bin/python -m pytest -q tests/rollout/test_vllm_multiproc.py
+	$(VLLM_VENV)/bin/python -m pytest -q tests/rollout/test_vllm_colocated.py

@@ -175,6 +175,8 @@ class RolloutConfig:
     micro_batch_size: int = 16  # sequences per HF generate call; also the granularity of reward overlap
     val_temperature: float = 0.0  # validation sampling (0: greedy, one sample per prompt)
     enable_sleep_mode: bool = False  # vLLM colocated with the learner on GPUs: free memory between rollouts
+    # verl's name: the most bytes per weight bucket a vLLM engine loads at once (a larger tensor is one bucket).
+    update_weights_bucket_megabytes: int = 512
     # verl actor_rollout_ref.hybrid_engine. true (colocated): HF generate runs inside learner rank 0's process
     # with the learner's own weights (shared storage on one rank, a gathered in-memory copy on several); false
     # (split): a separate rollout worker (its own process / GPU) receives the weights after every update.

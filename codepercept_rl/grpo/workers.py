@@ -95,6 +95,30 @@ class Actor:
                 self._pool.shutdown(wait=True)
 
 
+def _vllm_engine(model_cfg: ModelConfig, rollout_cfg: RolloutConfig, max_prompt_tokens: int | None) -> Any:
+    """A vLLM engine on ``model.path`` (split or colocated), ``max_model_len`` by verl's rule."""
+    from codepercept_rl.rollout.vllm_engine import VLLMRolloutEngine
+
+    if not model_cfg.path:
+        raise ValueError("rollout.name=vllm needs model.path (a Hugging Face folder saved for vLLM)")
+    # verl's rule: room for the longest prompt and the longest response, unless set outright.
+    max_model_len = rollout_cfg.max_model_len
+    if max_model_len is None:
+        if max_prompt_tokens is None:
+            raise ValueError("rollout.name=vllm needs data.max_prompt_length or rollout.max_model_len")
+        max_model_len = max_prompt_tokens + rollout_cfg.response_length
+    return VLLMRolloutEngine(
+        model_cfg.path,
+        dtype=model_cfg.dtype,
+        tensor_parallel_size=rollout_cfg.tensor_model_parallel_size,
+        gpu_memory_utilization=rollout_cfg.gpu_memory_utilization,
+        max_model_len=max_model_len,
+        enable_sleep_mode=rollout_cfg.enable_sleep_mode,
+        max_prompt_tokens=max_prompt_tokens,
+        update_weights_bucket_megabytes=rollout_cfg.update_weights_bucket_megabytes,
+    )
+
+
 class RolloutWorker:
     """A policy copy with a rollout engine.
 
@@ -122,27 +146,7 @@ class RolloutWorker:
         torch.set_num_threads(torch_num_threads)
         self.cfg = rollout_cfg
         if rollout_cfg.name == "vllm":
-            from codepercept_rl.rollout.vllm_engine import VLLMRolloutEngine
-
-            if not model_cfg.path:
-                raise ValueError("rollout.name=vllm needs model.path (a Hugging Face folder saved for vLLM)")
-            # verl's rule: room for the longest prompt and the longest response, unless set outright.
-            max_model_len = rollout_cfg.max_model_len
-            if max_model_len is None:
-                if max_prompt_tokens is None:
-                    raise ValueError(
-                        "rollout.name=vllm needs data.max_prompt_length or rollout.max_model_len"
-                    )
-                max_model_len = max_prompt_tokens + rollout_cfg.response_length
-            self.engine: Any = VLLMRolloutEngine(
-                model_cfg.path,
-                dtype=model_cfg.dtype,
-                tensor_parallel_size=rollout_cfg.tensor_model_parallel_size,
-                gpu_memory_utilization=rollout_cfg.gpu_memory_utilization,
-                max_model_len=max_model_len,
-                enable_sleep_mode=rollout_cfg.enable_sleep_mode,
-                max_prompt_tokens=max_prompt_tokens,
-            )
+            self.engine: Any = _vllm_engine(model_cfg, rollout_cfg, max_prompt_tokens)
         else:
             from codepercept_rl.rollout import HFRolloutEngine
 
@@ -173,26 +177,30 @@ class RolloutWorker:
 
 
 class ColocatedRolloutWorker:
-    """HF ``generate`` with the learner's own weights, in learner rank 0's process (verl's hybrid engine).
+    """A rollout engine in learner rank 0's process with the learner's own weights (verl's hybrid engine).
 
-    The engine's model is the learner's :attr:`~codepercept_rl.learner.Learner.rollout_module`: on one fp32 rank
-    its parameters are the learner's (nothing is copied, ever); otherwise a plain module the learner refreshes
-    in place from gathered weights (``sync_rollout_model``, a collective of all ranks). The driver calls
-    ``sync_rollout_model`` on every rank once before attaching this worker.
+    ``rollout.name=hf``: HF ``generate`` on the learner's :attr:`~codepercept_rl.learner.Learner.rollout_module`
+    (on one fp32 rank its parameters are the learner's; otherwise a plain module the learner refreshes in place,
+    ``sync_rollout_model``, a collective of all ranks); the driver calls ``sync_rollout_model`` on every rank once
+    before attaching this worker. ``rollout.name=vllm``: a vLLM engine built from ``model.path`` (one learner
+    rank only), refreshed by :meth:`sync_weights`, which streams the learner's weights into it in buckets.
 
     Args:
         learner: rank 0's :class:`~codepercept_rl.learner.Learner`.
-        rollout_cfg: engine and sampling settings (``rollout.name`` must be ``hf``).
-        max_prompt_tokens: longer prompts are skipped and counted.
+        rollout_cfg: engine and sampling settings.
+        max_prompt_tokens: longer prompts are skipped and counted; with vLLM, plus ``rollout.response_length``,
+            the engine's ``max_model_len`` unless ``rollout.max_model_len`` is set.
     """
 
     def __init__(self, learner: Any, rollout_cfg: RolloutConfig, max_prompt_tokens: int | None) -> None:
+        self.learner = learner
+        if rollout_cfg.name == "vllm":
+            if learner.dist.world_size != 1:
+                raise ValueError("a colocated vLLM engine needs one learner rank (several: not implemented)")
+            self.engine: Any = _vllm_engine(learner.cfg.model, rollout_cfg, max_prompt_tokens)
+            return
         from codepercept_rl.rollout import HFRolloutEngine
 
-        if rollout_cfg.name != "hf":
-            raise ValueError(
-                f"a colocated rollout runs HF generate; rollout.name={rollout_cfg.name} runs split"
-            )
         if learner.rollout_module is None:
             raise RuntimeError("call sync_rollout_model on every rank before attaching the colocated rollout")
         self.engine = HFRolloutEngine(
@@ -205,6 +213,27 @@ class ColocatedRolloutWorker:
     def generate(self, prompts: Sequence[RolloutPrompt], params: SamplingParams) -> list[list[Completion]]:
         """``params.n`` completions per prompt, sampled with the learner's current weights."""
         return self.engine.generate(prompts, params)
+
+    def sync_weights(self) -> int:
+        """vLLM: sleep, wake the weights, stream the learner's weights in (one parameter at a time, in
+        buckets: no whole state dict), wake the KV cache (verl's order; sleep/wake are no-ops on CPU).
+        Returns the bytes streamed."""
+        import torch
+
+        self.engine.sleep(level=2)  # the weights are about to be replaced: discard them, do not offload
+        self.engine.wake_up(tags=["weights"])
+        dtype = torch.bfloat16 if self.learner.cfg.model.dtype == "bfloat16" else torch.float32
+        sent = 0
+
+        def counted() -> Any:
+            nonlocal sent
+            for name, tensor in self.learner.iter_full_params(dtype):
+                sent += tensor.numel() * tensor.element_size()
+                yield name, tensor
+
+        self.engine.update_weights(counted())
+        self.engine.wake_up(tags=["kv_cache"])
+        return sent
 
     def stats(self) -> dict[str, int]:
         """The engine's counters (prompts too long, generated tokens ...)."""

@@ -24,14 +24,17 @@ One step (:func:`grpo_step`), each phase timed under ``timing_s/<phase>``:
 
 Placement (``rollout.hybrid_engine``, verl's ``actor_rollout_ref.hybrid_engine``):
 
-- split (``false``, the default; the only choice for vLLM): the rollout worker is its own Ray actor (its own
+- split (``false``, the default): the rollout worker is its own Ray actor (its own
   GPU with vLLM) holding its own copy of the policy; after each update the learner ranks gather the full
   weights and the driver hands them over (through the object store with Ray; in-process, a copy);
-- colocated (``true``, HF ``generate`` only): no rollout actor; the engine lives in learner rank 0's process
+- colocated (``true``): no rollout actor; the engine lives in learner rank 0's process
   and generates with the learner's weights in memory. With one fp32 rank its module's parameters *are* the
   learner's (the optimizer updates them in place: phase 6 copies nothing, ``timing_s/update_weights`` ~ 0);
   with several ranks (or bf16 compute) every rank joins a gather into a plain module on rank 0, in memory.
   Rank 0 generates while the other ranks wait; on CPU it frees the rollout actor's core.
+  With ``rollout.name=vllm`` (one learner rank) the engine is vLLM, built from ``model.path``, and phase 6
+  streams the learner's weights into it parameter by parameter in buckets of
+  ``rollout.update_weights_bucket_megabytes`` (sleep, wake the weights, load, wake the KV cache, as verl does).
 
 Sampling is seeded per step, so a run resumed from a checkpoint (``--resume``, or ``trainer.resume_mode=auto``)
 logs the same metrics as an uninterrupted one on CPU. Metric names follow verl (``actor/pg_loss``,
@@ -143,7 +146,8 @@ def setup(cfg: JobConfig, resume: bool = False) -> GRPORun:
     )
     learners, reference = build_learners(cfg, learner_cfg, num_gpus_per_rank=1.0 if on_gpu else 0.0)
     if cfg.rollout.hybrid_engine:
-        learners.call("sync_rollout_model")  # rank 0's rollout module exists before the engine wraps it
+        if cfg.rollout.name == "hf":
+            learners.call("sync_rollout_model")  # rank 0's rollout module exists before the engine wraps it
         rollout: Actor | Colocated = Colocated(learners, ColocatedRolloutWorker, cfg.rollout,
                                                cfg.data.max_prompt_length)  # fmt: skip
     else:
@@ -225,9 +229,9 @@ def _validate(cfg: JobConfig) -> None:
                         "temperature > 0 (greedy decoding is rollout.val_temperature=0)")  # fmt: skip
     if cfg.actor.entropy_coeff != 0:
         raise UserError("actor.entropy_coeff != 0 is not supported yet (entropy is logged, not optimised)")
-    if cfg.rollout.hybrid_engine and cfg.rollout.name != "hf":
-        raise UserError(f"rollout.hybrid_engine=true colocates HF generate with the learner; rollout.name="
-                        f"{cfg.rollout.name} runs split: set rollout.hybrid_engine=false")  # fmt: skip
+    if cfg.rollout.hybrid_engine and cfg.rollout.name == "vllm" and world > 1:
+        raise UserError(f"rollout.name=vllm rollout.hybrid_engine=true runs one learner rank ({world} asked; "
+                        "several: not implemented): set rollout.hybrid_engine=false")  # fmt: skip
 
 
 def _needs_reference(cfg: JobConfig) -> bool:
@@ -253,7 +257,9 @@ def _driver_processor(cfg: JobConfig) -> Any:
 def _sync_weights(run: GRPORun) -> float:
     """Phase 6: the learner's weights to the rollout engine (module docstring, placement). Returns seconds."""
     t0 = time.perf_counter()
-    if run.cfg.rollout.hybrid_engine:
+    if run.cfg.rollout.hybrid_engine and run.cfg.rollout.name == "vllm":
+        run.rollout.call("sync_weights")  # streamed from the learner into its engine, bucket by bucket
+    elif run.cfg.rollout.hybrid_engine:
         run.learners.call("sync_rollout_model")  # one fp32 rank: re-binds shared tensors, copies nothing
     else:
         state = run.learners.call("state_dict_for_rollout")[0]

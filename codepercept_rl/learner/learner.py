@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -452,6 +452,19 @@ class Learner:
         # On one CPU rank the tensors are the live parameters (no copy): read them, do not keep them.
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
         return get_model_state_dict(self.model, options=options)
+
+    @torch.no_grad()
+    def iter_full_params(self, dtype: torch.dtype | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+        """Yields ``(HF name, full tensor)`` one state-dict entry at a time, on every rank: a colocated engine's
+        weight sync without a whole state dict (verl's sharding manager). Every rank must drain it in step:
+        each sharded entry is one ``full_tensor()`` all-gather. Tensors stay on the learner's device, cast to
+        ``dtype`` if given; on one rank they may be the live parameters: read them, do not keep them.
+        """
+        for name, value in self.model.state_dict().items():
+            if isinstance(value, torch.distributed.tensor.DTensor):
+                value = value.full_tensor()
+            value = value.detach()
+            yield name, value if dtype is None else value.to(dtype)
 
     @property
     def shares_rollout_parameters(self) -> bool:

@@ -139,6 +139,7 @@ class VLLMRolloutEngine:
         kwargs.update(engine_kwargs)
         self.llm = vllm.LLM(**kwargs)
         self._asleep = False
+        self._awake_tags: set[str] = set()  # woken parts while asleep (wake_up by tags)
 
     def generate(
         self,
@@ -232,16 +233,23 @@ class VLLMRolloutEngine:
         self.llm.llm_engine.reset_encoder_cache()
         self.stats["weight_updates"] += 1
 
-    def sleep(self) -> None:
-        """Free GPU memory (KV cache, weights) while the learner updates; no-op on CPU or without sleep mode."""
+    def sleep(self, level: int = 1) -> None:
+        """Free GPU memory while the learner updates; no-op on CPU or without sleep mode. ``level=1`` offloads
+        the weights to host memory and drops the KV cache; ``level=2`` (a colocated engine whose weights are
+        about to be replaced, as verl does) drops both."""
         if self.enable_sleep_mode and not self._asleep:
-            self.llm.sleep(level=1)
+            self.llm.sleep(level=level)
             self._asleep = True
+            self._awake_tags.clear()
 
-    def wake_up(self) -> None:
-        """Undo :meth:`sleep`."""
-        if self._asleep:
-            self.llm.wake_up()
+    def wake_up(self, tags: Sequence[str] | None = None) -> None:
+        """Undo :meth:`sleep`, for ``tags`` only (``["weights"]`` before a weight sync, then ``["kv_cache"]``,
+        verl's order: the cache is not allocated while the new weights arrive); None: everything."""
+        if not self._asleep:
+            return
+        self.llm.wake_up(tags=list(tags) if tags is not None else None)
+        self._awake_tags.update(tags if tags is not None else ("weights", "kv_cache"))
+        if {"weights", "kv_cache"} <= self._awake_tags:
             self._asleep = False
 
 
