@@ -229,6 +229,17 @@ class Learner:
         # The LM head returns log p(token t+1) for each kept position, computed in chunks of
         # model.logprob_chunk_size tokens at the sampling temperature: no (B, T, V) logits at once (logprobs.py).
         targets = mb.input_ids[:, first:]  # (B, T-first)
+        logprobs, entropy = self._head_logprobs(
+            targets, with_entropy, **mb.model_inputs(), logits_to_keep=T - first + 1
+        )
+        # Entropy of the distribution token t was drawn from, aligned like the log-probs; a statistic, no graph.
+        entropy = F.pad(entropy, (first, 0)) if entropy is not None else None
+        return F.pad(logprobs, (first, 0)), entropy  # (B, T)
+
+    def _head_logprobs(
+        self, targets: torch.Tensor, with_entropy: bool, **model_inputs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The model's forward with its LM head returning log p(``targets``) (and the entropy) in chunks."""
         with lm_head_logprobs(
             self.model,
             targets,
@@ -236,26 +247,15 @@ class Learner:
             chunk_size=self.cfg.model.logprob_chunk_size,
             with_entropy=with_entropy,
         ) as head:
-            logprobs = self.model(**mb.model_inputs(), use_cache=False, logits_to_keep=T - first + 1).logits
-        # Entropy of the distribution token t was drawn from, aligned like the log-probs; a statistic, no graph.
-        entropy = F.pad(head.entropy, (first, 0)) if with_entropy else None
-        return F.pad(logprobs, (first, 0)), entropy  # (B, T)
+            logprobs = self.model(**model_inputs, use_cache=False).logits
+        return logprobs, head.entropy if with_entropy else None
 
     def _forward_packed(self, mb: MicroBatch, with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         """:meth:`_forward` on the micro-batch's real tokens packed into one row (``model.use_remove_padding``,
         :mod:`~codepercept_rl.learner.packing`); the same (B, T) values, no compute on padding."""
         packed = pack(self.model, mb)
-        targets = packed.input_ids[:, 1:]
-        with lm_head_logprobs(
-            self.model,
-            targets,
-            temperature=self.cfg.temperature,
-            chunk_size=self.cfg.model.logprob_chunk_size,
-            with_entropy=with_entropy,
-        ) as head:
-            logprobs = self.model(**packed.inputs, use_cache=False).logits  # (1, N - 1)
-        entropy = unpack(head.entropy, packed) if with_entropy else None
-        return unpack(logprobs, packed), entropy
+        logprobs, entropy = self._head_logprobs(packed.input_ids[:, 1:], with_entropy, **packed.inputs)
+        return unpack(logprobs, packed), unpack(entropy, packed) if entropy is not None else None
 
     def train_step(
         self,

@@ -18,7 +18,6 @@ the loss code cannot tell the two apart.
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 
 import torch
@@ -49,11 +48,10 @@ def _rope_positions(model: torch.nn.Module, mb: MicroBatch) -> torch.Tensor:
     inner = model.model  # Qwen2_5_VLModel / Qwen3VLModel: get_rope_index reads the config only
     if mb.mm_token_type_ids is None:
         raise ValueError("packing a micro-batch with images needs its mm_token_type_ids (the M-RoPE layout)")
-    kwargs = {"image_grid_thw": mb.image_grid_thw, "attention_mask": mb.attention_mask}
-    params = inspect.signature(inner.get_rope_index).parameters
-    if "mm_token_type_ids" in params:
-        kwargs["mm_token_type_ids"] = mb.mm_token_type_ids
-    positions, _ = inner.get_rope_index(mb.input_ids, **kwargs)
+    positions, _ = inner.get_rope_index(
+        mb.input_ids, mm_token_type_ids=mb.mm_token_type_ids, image_grid_thw=mb.image_grid_thw,
+        attention_mask=mb.attention_mask,
+    )  # fmt: skip
     return positions
 
 

@@ -49,6 +49,7 @@ import torch
 
 from codepercept_rl.rollout.hf import to_structured_messages
 from codepercept_rl.rollout.types import Completion, CompletionCallback, RolloutPrompt, SamplingParams
+from codepercept_rl.rollout.weight_sync import _aligned
 
 
 class VLLMRolloutEngine:
@@ -261,7 +262,6 @@ def _vllm_on_cpu() -> bool:
 # weight buckets: what crosses collective_rpc
 
 WEIGHT_SYNC_EXTENSION = "codepercept_rl.rollout.vllm_engine.WeightSyncExtension"
-_ALIGN = 64  # bytes; every tensor starts at a multiple, so its bytes can be viewed as any dtype
 BucketMeta = list[list[Any]]  # [name, dtype name, shape, byte offset] per tensor
 
 
@@ -324,10 +324,6 @@ def unpack_bucket(meta: BucketMeta, payload: bytes | bytearray) -> list[tuple[st
             )
         out.append((name, flat[start : start + nbytes].view(dtype).view(shape)))
     return out
-
-
-def _aligned(nbytes: int) -> int:
-    return -(-nbytes // _ALIGN) * _ALIGN
 
 
 class WeightSyncExtension:

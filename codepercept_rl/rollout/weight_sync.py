@@ -30,12 +30,12 @@ import torch.distributed as dist
 
 __all__ = ["WeightChannel", "send_weights", "receive_weights"]
 
-_ALIGN = 64  # bytes: every tensor starts at a multiple, so its bytes can be viewed as any dtype
 _END = -1
 
 
-def _aligned(n: int) -> int:
-    return (n + _ALIGN - 1) // _ALIGN * _ALIGN
+def _aligned(nbytes: int) -> int:
+    """``nbytes`` rounded up to 64: every tensor starts at a multiple, so its bytes can be viewed as any dtype."""
+    return -(-nbytes // 64) * 64
 
 
 class WeightChannel:
