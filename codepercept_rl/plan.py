@@ -266,7 +266,9 @@ def check_placement(cfg: JobConfig, job: str = "r1") -> None:
                             f"{total}: lower sft.num_processes")  # fmt: skip
         return
     learners = cfg.trainer.n_gpus_per_node
-    split = cfg.rollout.tensor_model_parallel_size if not cfg.rollout.hybrid_engine else 0
+    # As train.py reserves them: a split vLLM rollout actor holds its tensor-parallel GPUs, a split HF one none.
+    split_vllm = not cfg.rollout.hybrid_engine and cfg.rollout.name == "vllm"
+    split = cfg.rollout.tensor_model_parallel_size if split_vllm else 0
     need_total = cfg.trainer.nnodes * learners + split
     if need_total > total or split > max(per_node, default=0):
         have = max(per_node, default=0) if len(per_node) <= 1 else total

@@ -17,6 +17,9 @@ generates.
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
+import os
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -47,6 +50,7 @@ class Actor:
         self._ray = ray_enabled
         self.name = cls.__name__
         self.restarts = 0
+        self.engines = 1  # objects serving its calls (Colocated may hold several rollout engines)
         if ray_enabled:
             import ray
 
@@ -95,8 +99,11 @@ class Actor:
                 self._pool.shutdown(wait=True)
 
 
-def _vllm_engine(model_cfg: ModelConfig, rollout_cfg: RolloutConfig, max_prompt_tokens: int | None) -> Any:
-    """A vLLM engine on ``model.path`` (split or colocated), ``max_model_len`` by verl's rule."""
+def _vllm_engine(
+    model_cfg: ModelConfig, rollout_cfg: RolloutConfig, max_prompt_tokens: int | None, **engine_kwargs: Any
+) -> Any:
+    """A vLLM engine on ``model.path`` (split or colocated), ``max_model_len`` by verl's rule; ``engine_kwargs``
+    go to ``vllm.LLM``."""
     from codepercept_rl.rollout.vllm_engine import VLLMRolloutEngine
 
     if not model_cfg.path:
@@ -116,6 +123,7 @@ def _vllm_engine(model_cfg: ModelConfig, rollout_cfg: RolloutConfig, max_prompt_
         enable_sleep_mode=rollout_cfg.enable_sleep_mode,
         max_prompt_tokens=max_prompt_tokens,
         update_weights_bucket_megabytes=rollout_cfg.update_weights_bucket_megabytes,
+        **engine_kwargs,
     )
 
 
@@ -168,36 +176,132 @@ class RolloutWorker:
         self.engine.update_weights(state.items())
         return len(state)
 
+    # The receiving end of the learner's weight channel (None until open_weight_channel).
+    _weight_channel: Any = None
+    _weight_channel_timeout_s: float = 0.0
+
+    def open_weight_channel(
+        self, host: str, port: int, backend: str = "gloo", timeout_s: float = 600.0
+    ) -> None:
+        """Joins learner rank 0's weight channel (:class:`~codepercept_rl.rollout.weight_sync.WeightChannel`)
+        as channel rank 1; blocks until rank 0 joins too. With ``nccl`` payloads arrive on this process's GPU.
+
+        Args:
+            host, port: rank 0's address (its rendezvous store).
+            backend: ``gloo`` or ``nccl`` (rank 0's choice).
+            timeout_s: how long to wait for rank 0, here and in every later :meth:`receive_weights`.
+
+        Raises:
+            RuntimeError: rank 0 did not answer within ``timeout_s``.
+        """
+        import torch
+
+        from codepercept_rl.rollout.weight_sync import WeightChannel
+
+        device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else "cpu"
+        try:
+            self._weight_channel = WeightChannel(host, port, rank=1, world_size=2, backend=backend, device=device,
+                                                 timeout_s=timeout_s)  # fmt: skip
+        except RuntimeError as e:
+            raise RuntimeError(f"weight channel on {host}:{port} ({backend}): learner rank 0 did not answer "
+                               f"within {timeout_s:g} s: {e}") from e  # fmt: skip
+        self._weight_channel_timeout_s = timeout_s
+
+    def receive_weights(self) -> int:
+        """Loads the weights learner rank 0 streams (``Learner.send_weights_to_rollout``) into the engine, one
+        bucket at a time: each bucket is consumed before the next one overwrites the receive buffer. Returns
+        how many tensors were loaded.
+
+        Raises:
+            RuntimeError: no channel, or rank 0 died or stopped sending for ``timeout_s``.
+        """
+        from codepercept_rl.rollout import HFRolloutEngine
+        from codepercept_rl.rollout.weight_sync import receive_weights
+
+        if self._weight_channel is None:
+            raise RuntimeError("receive_weights before open_weight_channel")
+        # HF copies each tensor as it comes; vLLM keeps tensors until its own bucket fills, past the next
+        # receive: host-memory views of the receive buffer are cloned for it (a GPU view is copied to host there).
+        keeps = not isinstance(self.engine, HFRolloutEngine)
+        stream = receive_weights(self._weight_channel)
+        loaded, channel_failed = 0, False
+
+        def named_tensors() -> Any:
+            nonlocal loaded, channel_failed
+            while True:
+                try:
+                    bucket = next(stream)
+                except StopIteration:
+                    return
+                except RuntimeError:
+                    channel_failed = True
+                    raise
+                for name, tensor in bucket:
+                    loaded += 1
+                    yield name, tensor.clone() if keeps and tensor.device.type == "cpu" else tensor
+
+        try:
+            self.engine.update_weights(named_tensors())
+        except Exception as e:
+            if channel_failed:
+                raise RuntimeError(f"weight sync from learner rank 0 failed (dead, or no answer within "
+                                   f"{self._weight_channel_timeout_s:g} s): {e}") from e  # fmt: skip
+            for _ in stream:  # the engine refused a tensor: let rank 0 finish its stream, then fail
+                pass
+            raise
+        return loaded
+
     def stats(self) -> dict[str, int]:
         """The engine's counters (prompts too long, generated tokens ...)."""
         return dict(self.engine.stats)
 
     def close(self) -> None:
-        """Nothing to release beyond the process."""
+        """Drops the weight channel (its groups); nothing else to release beyond the process."""
+        self._weight_channel = None
 
 
 class ColocatedRolloutWorker:
-    """A rollout engine in learner rank 0's process with the learner's own weights (verl's hybrid engine).
+    """A rollout engine in a learner rank's process with the learner's own weights (verl's hybrid engine).
 
     ``rollout.name=hf``: HF ``generate`` on the learner's :attr:`~codepercept_rl.learner.Learner.rollout_module`
-    (on one fp32 rank its parameters are the learner's; otherwise a plain module the learner refreshes in place,
-    ``sync_rollout_model``, a collective of all ranks); the driver calls ``sync_rollout_model`` on every rank once
-    before attaching this worker. ``rollout.name=vllm``: a vLLM engine built from ``model.path`` (one learner
-    rank only), refreshed by :meth:`sync_weights`, which streams the learner's weights into it in buckets.
+    in rank 0's process (on one fp32 rank its parameters are the learner's; otherwise a plain module the learner
+    refreshes in place, ``sync_rollout_model``, a collective of all ranks); the driver calls
+    ``sync_rollout_model`` on every rank once before attaching this worker.
+
+    ``rollout.name=vllm``: one vLLM engine per group of ``rollout.tensor_model_parallel_size`` consecutive ranks,
+    built from ``model.path`` in every rank's process (each rank holds one tensor-parallel shard of it).
+    With several ranks the engine joins the learners' process group through vLLM's ``external_launcher``
+    executor (as verl's SPMD rollout does): no processes or process groups of its own. The ranks of one
+    tensor-parallel group must be given the same prompts; different groups generate different prompts (data
+    parallel). :meth:`sync_weights` streams the learner's weights into it in buckets; every rank calls it at
+    once (each entry is one all-gather of the FSDP2 shards, and each rank loads its own tensor-parallel slice).
 
     Args:
-        learner: rank 0's :class:`~codepercept_rl.learner.Learner`.
+        learner: this rank's :class:`~codepercept_rl.learner.Learner`.
         rollout_cfg: engine and sampling settings.
         max_prompt_tokens: longer prompts are skipped and counted; with vLLM, plus ``rollout.response_length``,
             the engine's ``max_model_len`` unless ``rollout.max_model_len`` is set.
+
+    Raises:
+        ValueError: the learner ranks do not split into tensor-parallel groups of the configured size.
     """
 
     def __init__(self, learner: Any, rollout_cfg: RolloutConfig, max_prompt_tokens: int | None) -> None:
         self.learner = learner
         if rollout_cfg.name == "vllm":
-            if learner.dist.world_size != 1:
-                raise ValueError("a colocated vLLM engine needs one learner rank (several: not implemented)")
-            self.engine: Any = _vllm_engine(learner.cfg.model, rollout_cfg, max_prompt_tokens)
+            world, tp = learner.dist.world_size, rollout_cfg.tensor_model_parallel_size
+            if world % tp:
+                raise ValueError(
+                    f"rollout.tensor_model_parallel_size={tp} does not divide the {world} learner ranks"
+                )
+            kwargs: dict[str, Any] = {}
+            if world > 1:
+                # The learners' process group is vLLM's world: it forms its tensor-parallel groups inside it
+                # (it reads the rank from the environment, as under torchrun).
+                kwargs["distributed_executor_backend"] = "external_launcher"
+                os.environ.setdefault("RANK", str(learner.dist.rank))
+                os.environ.setdefault("WORLD_SIZE", str(world))
+            self.engine: Any = _vllm_engine(learner.cfg.model, rollout_cfg, max_prompt_tokens, **kwargs)
             return
         from codepercept_rl.rollout import HFRolloutEngine
 
@@ -244,25 +348,104 @@ class ColocatedRolloutWorker:
 
 
 class Colocated:
-    """The driver's handle on an object living beside learner rank 0 (``LearnerGroup.attach``), with
-    :class:`Actor`'s ``submit`` / ``call`` / ``shutdown``; it cannot be restarted apart from the learners."""
+    """The driver's handle on objects living beside the learner ranks (``LearnerGroup.attach``), with
+    :class:`Actor`'s ``submit`` / ``call`` / ``shutdown``; it cannot be restarted apart from the learners.
 
-    def __init__(self, learners: Any, cls: type, *args: Any) -> None:
+    Args:
+        learners: the :class:`~codepercept_rl.learner.actor.LearnerGroup`.
+        cls, args: ``cls(rank's learner, *args)`` is built in the ranks' processes.
+        group_size: ``None``: one object, beside rank 0. A number: one object on every rank, the ranks in groups
+            of ``group_size`` consecutive ranks (a vLLM engine's tensor-parallel group). Then ``generate``
+            splits its prompts into one contiguous share per group (each rank of a group gets its group's
+            share; the request seeds stay those of one engine given every prompt) and returns them in order,
+            ``stats`` sums the groups, and any other method runs on every rank at once (weight syncs are
+            collectives) and returns rank 0's result.
+    """
+
+    def __init__(self, learners: Any, cls: type, *args: Any, group_size: int | None = None) -> None:
         self.name = cls.__name__
         self._learners = learners
-        learners.attach(cls, *args)
+        self._group_size = group_size
+        # How many objects serve generate (one per group).
+        self.engines = 1 if group_size is None else learners.world_size // group_size
+        if group_size is not None and (group_size < 1 or learners.world_size % group_size):
+            raise ValueError(
+                f"group_size={group_size} does not divide the {learners.world_size} learner ranks"
+            )
+        learners.attach(cls, *args, all_ranks=group_size is not None)
 
     def submit(self, method: str, *args: Any, **kwargs: Any) -> concurrent.futures.Future:
         """Call ``method`` asynchronously; the future holds its result or raises its exception."""
-        return self._learners.submit_attached(method, *args, **kwargs)
+        if self._group_size is None:
+            return self._learners.submit_attached(method, *args, **kwargs)
+        world, size = self._learners.world_size, self._group_size
+        if method == "generate":
+            prompts, params = args
+            shares = _contiguous_shares(len(prompts), world // size)
+            futures = []
+            for g, (lo, hi) in enumerate(shares):
+                if lo == hi:
+                    continue
+                share = dataclasses.replace(params, seed=None if params.seed is None else params.seed + lo)
+                futures += [self._learners.submit_attached(method, prompts[lo:hi], share, rank=r, **kwargs)
+                            for r in range(g * size, (g + 1) * size)]  # fmt: skip
+            # A group's ranks return the same completions: keep each group's first.
+            return _joined(futures[::size], lambda parts: [groups for part in parts for groups in part])
+        futures = [self._learners.submit_attached(method, *args, rank=r, **kwargs) for r in range(world)]
+        if method == "stats":
+            return _joined(futures[::size], _summed)
+        return _joined(futures, lambda results: results[0])
 
     def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         """Call ``method`` and wait for its result."""
         return self.submit(method, *args, **kwargs).result()
 
     def shutdown(self) -> None:
-        """Close the object; the learner group (and its process) is shut down by its owner."""
+        """Close the objects; the learner group (and its processes) is shut down by its owner."""
         self.call("close")
+
+
+def _contiguous_shares(n: int, parts: int) -> list[tuple[int, int]]:
+    """``parts`` contiguous ``[lo, hi)`` ranges covering ``range(n)``, sizes differing by at most one."""
+    base, extra = divmod(n, parts)
+    bounds = [0]
+    for p in range(parts):
+        bounds.append(bounds[-1] + base + (p < extra))
+    return list(zip(bounds[:-1], bounds[1:], strict=True))
+
+
+def _summed(dicts: Sequence[Mapping[str, int]]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for d in dicts:
+        for k, v in d.items():
+            out[k] = out.get(k, 0) + v
+    return out
+
+
+def _joined(futures: Sequence[concurrent.futures.Future], combine: Any) -> concurrent.futures.Future:
+    """A future of ``combine([f.result() for f in futures])``, done when all are (the first error wins)."""
+    out: concurrent.futures.Future = concurrent.futures.Future()
+    pending = [len(futures)]
+    lock = threading.Lock()
+
+    def finish() -> None:
+        try:
+            out.set_result(combine([f.result() for f in futures]))
+        except BaseException as e:  # noqa: BLE001 - handed to the caller through the future
+            out.set_exception(e)
+
+    def done(_: concurrent.futures.Future) -> None:
+        with lock:
+            pending[0] -= 1
+            last = pending[0] == 0
+        if last:
+            finish()
+
+    if not futures:
+        finish()
+    for f in futures:
+        f.add_done_callback(done)
+    return out
 
 
 class RewardWorker:

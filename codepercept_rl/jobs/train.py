@@ -24,17 +24,24 @@ One step (:func:`grpo_step`), each phase timed under ``timing_s/<phase>``:
 
 Placement (``rollout.hybrid_engine``, verl's ``actor_rollout_ref.hybrid_engine``):
 
-- split (``false``, the default): the rollout worker is its own Ray actor (its own
-  GPU with vLLM) holding its own copy of the policy; after each update the learner ranks gather the full
-  weights and the driver hands them over (through the object store with Ray; in-process, a copy);
-- colocated (``true``): no rollout actor; the engine lives in learner rank 0's process
+- split (``false``, the default): the rollout worker is its own Ray actor (with vLLM, its own
+  ``rollout.tensor_model_parallel_size`` GPUs) holding its own copy of the policy. At set-up learner rank 0 and
+  the worker open a private two-party process group (verl's weight-update group: NCCL with vLLM on GPU, else
+  gloo); after each update every rank gathers the full weights parameter by parameter and rank 0 streams them
+  over it in buckets of ``rollout.update_weights_bucket_megabytes``, which the worker loads one at a time (no
+  whole state dict, no object store; with Ray disabled the same channel joins two threads of this process). A
+  dead or silent peer fails the sync after ``WEIGHT_SYNC_TIMEOUT_S``;
+- colocated (``true``): no rollout actor; with HF ``generate`` the engine lives in learner rank 0's process
   and generates with the learner's weights in memory. With one fp32 rank its module's parameters *are* the
   learner's (the optimizer updates them in place: phase 6 copies nothing, ``timing_s/update_weights`` ~ 0);
   with several ranks (or bf16 compute) every rank joins a gather into a plain module on rank 0, in memory.
   Rank 0 generates while the other ranks wait; on CPU it frees the rollout actor's core.
-  With ``rollout.name=vllm`` (one learner rank) the engine is vLLM, built from ``model.path``, and phase 6
-  streams the learner's weights into it parameter by parameter in buckets of
-  ``rollout.update_weights_bucket_megabytes`` (sleep, wake the weights, load, wake the KV cache, as verl does).
+  With ``rollout.name=vllm`` every group of ``rollout.tensor_model_parallel_size`` ranks holds one vLLM engine,
+  built from ``model.path`` inside the learners' process group (vLLM's ``external_launcher``), and each group
+  generates its share of the prompts. Phase 6 streams the learner's weights into the engines parameter by
+  parameter (one all-gather each) in buckets of ``rollout.update_weights_bucket_megabytes`` (sleep, wake the
+  weights, load, wake the KV cache, as verl does); with ``rollout.enable_sleep_mode`` the engines free their
+  weights and KV cache on the GPUs during the update.
 
 Sampling is seeded per step, so a run resumed from a checkpoint (``--resume``, or ``trainer.resume_mode=auto``)
 logs the same metrics as an uninterrupted one on CPU. Metric names follow verl (``actor/pg_loss``,
@@ -82,6 +89,9 @@ from codepercept_rl.utils.run import prepare_run_dir, seed_everything
 log = logging.getLogger("codepercept_rl.train")
 
 MAX_CONSECUTIVE_SKIPPED_UPDATES = 3  # non-finite gradients this many steps in a row stop the run
+# Split placement: how long either end of the weight channel waits for the other (a dead or hung peer fails the
+# sync after this long instead of hanging); the learner ranks' own collective timeout (``init_distributed``).
+WEIGHT_SYNC_TIMEOUT_S = 600.0
 
 
 @dataclass
@@ -148,12 +158,17 @@ def setup(cfg: JobConfig, resume: bool = False) -> GRPORun:
     if cfg.rollout.hybrid_engine:
         if cfg.rollout.name == "hf":
             learners.call("sync_rollout_model")  # rank 0's rollout module exists before the engine wraps it
+        # vLLM: one engine per tensor-parallel group of ranks, each generating its share of the prompts.
+        per_group = cfg.rollout.tensor_model_parallel_size if cfg.rollout.name == "vllm" else None
         rollout: Actor | Colocated = Colocated(learners, ColocatedRolloutWorker, cfg.rollout,
-                                               cfg.data.max_prompt_length)  # fmt: skip
+                                               cfg.data.max_prompt_length, group_size=per_group)  # fmt: skip
     else:
+        split_vllm_on_gpu = on_gpu and cfg.rollout.name == "vllm"  # its tensor-parallel ranks, a GPU each
         rollout = Actor(RolloutWorker, cfg.model, cfg.rollout, cfg.data.max_prompt_length, cfg.trainer.seed,
                         cfg.trainer.torch_num_threads, ray_enabled=cfg.ray.enabled, num_cpus=1,
-                        num_gpus=1.0 if on_gpu and cfg.rollout.name == "vllm" else 0.0)  # fmt: skip
+                        num_gpus=float(cfg.rollout.tensor_model_parallel_size) if split_vllm_on_gpu else 0.0)  # fmt: skip
+        # An HF rollout actor holds no GPU: its end of the channel is in host memory (gloo).
+        open_weight_channel(learners, rollout, backend="nccl" if split_vllm_on_gpu else "gloo")
     reward = Actor(RewardWorker, cfg.reward, ray_enabled=cfg.ray.enabled, num_cpus=0)
     reward.call("register_targets", _targets(train_data, val_data))
     processor = _driver_processor(cfg)
@@ -229,9 +244,11 @@ def _validate(cfg: JobConfig) -> None:
                         "temperature > 0 (greedy decoding is rollout.val_temperature=0)")  # fmt: skip
     if cfg.actor.entropy_coeff != 0:
         raise UserError("actor.entropy_coeff != 0 is not supported yet (entropy is logged, not optimised)")
-    if cfg.rollout.hybrid_engine and cfg.rollout.name == "vllm" and world > 1:
-        raise UserError(f"rollout.name=vllm rollout.hybrid_engine=true runs one learner rank ({world} asked; "
-                        "several: not implemented): set rollout.hybrid_engine=false")  # fmt: skip
+    tp = cfg.rollout.tensor_model_parallel_size
+    if cfg.rollout.hybrid_engine and cfg.rollout.name == "vllm" and (tp < 1 or world % tp):
+        raise UserError(f"rollout.tensor_model_parallel_size={tp}: the colocated vLLM engines split the {world} "
+                        "learner ranks into tensor-parallel groups, so it must divide trainer.nnodes * "
+                        "trainer.n_gpus_per_node")  # fmt: skip
 
 
 def _needs_reference(cfg: JobConfig) -> bool:
@@ -254,17 +271,52 @@ def _driver_processor(cfg: JobConfig) -> Any:
     return load_policy(cfg.model, seed=cfg.trainer.seed)[1]
 
 
-def _sync_weights(run: GRPORun) -> float:
-    """Phase 6: the learner's weights to the rollout engine (module docstring, placement). Returns seconds."""
+def _sync_weights(run: GRPORun, bucket_bytes: int | None = None) -> float:
+    """Phase 6: the learner's weights to the rollout engine (module docstring, placement). Returns seconds.
+
+    ``bucket_bytes``: split placement, the weight channel's bucket size; default
+    ``rollout.update_weights_bucket_megabytes`` MiB (tests pass less than a tiny model's largest tensor).
+    """
     t0 = time.perf_counter()
     if run.cfg.rollout.hybrid_engine and run.cfg.rollout.name == "vllm":
         run.rollout.call("sync_weights")  # streamed from the learner into its engine, bucket by bucket
     elif run.cfg.rollout.hybrid_engine:
         run.learners.call("sync_rollout_model")  # one fp32 rank: re-binds shared tensors, copies nothing
     else:
-        state = run.learners.call("state_dict_for_rollout")[0]
-        run.rollout.call("update_weights", state)
+        # Split: rank 0 streams buckets over the weight channel while the rollout worker loads them.
+        bucket = bucket_bytes or run.cfg.rollout.update_weights_bucket_megabytes << 20
+        received = run.rollout.submit("receive_weights")
+        sent = run.learners.call("send_weights_to_rollout", bucket_bytes=bucket)[0]
+        received.result()
+        run.counters["weight_sync/buckets"] += sent["buckets"]
+        run.counters["weight_sync/bytes"] += sent["bytes"]
+        log.debug("weights to the rollout: %(tensors)d tensors, %(buckets)d buckets, %(bytes)d bytes", sent)
     return time.perf_counter() - t0
+
+
+def open_weight_channel(
+    learners: LearnerGroup, rollout: Actor, backend: str, timeout_s: float | None = None
+) -> None:
+    """Split placement, once: the weight channel between learner rank 0 (sender) and the rollout worker.
+
+    Rank 0's node address and a free port there; then the rollout worker joins (asynchronously) while every
+    learner rank is called (rank 0 joins, the others return at once), as verl's weight-update group.
+
+    Args:
+        learners: the policy's ranks.
+        rollout: the split rollout worker (:class:`~codepercept_rl.grpo.workers.RolloutWorker`).
+        backend: ``nccl`` (payloads GPU to GPU) or ``gloo`` (through host memory).
+        timeout_s: how long each end waits for the other, now and in every sync; default
+            :data:`WEIGHT_SYNC_TIMEOUT_S`.
+
+    Raises:
+        RuntimeError: (possibly inside a ``ray.exceptions.RayTaskError``) one end did not join in time.
+    """
+    timeout_s = WEIGHT_SYNC_TIMEOUT_S if timeout_s is None else timeout_s
+    host, port = learners.rank0_address()
+    joined = rollout.submit("open_weight_channel", host, port, backend, timeout_s)
+    learners.call("open_weight_channel", host=host, port=port, backend=backend, timeout_s=timeout_s)
+    joined.result(timeout=timeout_s)
 
 
 def _on_policy(cfg: JobConfig, n_groups: int) -> bool:
@@ -304,7 +356,8 @@ def generate_and_score(
     Returns:
         The batch (rollouts in prompt-major order), seconds generating, seconds waiting for rewards after.
     """
-    per_chunk = max(1, run.cfg.rollout.micro_batch_size // params.n)
+    # rollout.micro_batch_size sequences per engine: colocated vLLM on several ranks splits a chunk over engines.
+    per_chunk = max(1, run.cfg.rollout.micro_batch_size // params.n) * run.rollout.engines
     chunks = [items[i : i + per_chunk] for i in range(0, len(items), per_chunk)]
     t0 = time.perf_counter()
     gen_futures = [

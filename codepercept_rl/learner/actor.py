@@ -218,6 +218,7 @@ class LearnerGroup:
         self._ray = ray_cfg.enabled
         self._owner = True  # kills the actors at shutdown (a role's group only drops its learners)
         self._attached_pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self.attached_ranks = 0  # ranks holding an attached object (attach)
         if not self._ray:
             if world_size != 1:
                 raise ValueError(
@@ -277,25 +278,36 @@ class LearnerGroup:
 
         return ray.get([w.placement.remote() for w in self._workers])
 
-    def attach(self, cls: type, *args: Any) -> None:
-        """Builds ``cls(rank 0's learner, *args)`` inside rank 0's process (see :meth:`submit_attached`)."""
+    def attach(self, cls: type, *args: Any, all_ranks: bool = False) -> None:
+        """Builds ``cls(the rank's learner, *args)`` inside rank 0's process, or in every rank's process with
+        ``all_ranks`` (one colocated rollout engine per rank or per tensor-parallel group); see
+        :meth:`submit_attached`."""
+        ranks = range(self.world_size) if all_ranks else range(1)
         if self._ray:
             import ray
 
-            ray.get(self._workers[0].attach.remote(cls, *args))
+            ray.get([self._workers[r].attach.remote(cls, *args) for r in ranks])
         else:
             self._workers[0].attach(cls, *args)
             # One thread, like an actor's mailbox: the driver keeps going while rank 0 works.
             self._attached_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=cls.__name__)
+        self.attached_ranks = len(ranks)
 
-    def submit_attached(self, method: str, *args: Any, **kwargs: Any) -> concurrent.futures.Future:
-        """Calls a method of the object :meth:`attach` built, asynchronously; the future holds its result.
+    def submit_attached(
+        self, method: str, *args: Any, rank: int = 0, **kwargs: Any
+    ) -> concurrent.futures.Future:
+        """Calls a method of the object :meth:`attach` built on ``rank``, asynchronously; the future holds its
+        result.
 
-        With Ray the call queues behind rank 0's other calls (one mailbox); in-process it runs on a worker
+        With Ray the call queues behind the rank's other calls (one mailbox); in-process it runs on a worker
         thread, so the caller must not drive the learner until the future is done.
         """
+        if not 0 <= rank < self.attached_ranks:
+            raise RuntimeError(
+                f"nothing attached on rank {rank}: attach first (all_ranks=True for every rank)"
+            )
         if self._ray:
-            return self._workers[0].call_attached.remote(method, *args, **kwargs).future()
+            return self._workers[rank].call_attached.remote(method, *args, **kwargs).future()
         if self._attached_pool is None:
             raise RuntimeError("attach first")
         return self._attached_pool.submit(self._workers[0].call_attached, method, *args, **kwargs)
@@ -321,3 +333,12 @@ class LearnerGroup:
             for w in self._workers:
                 ray.kill(w)
         self._workers = []
+
+    def rank0_address(self) -> tuple[str, int]:
+        """Rank 0's node address and a port free on it a moment ago (for a group rank 0 opens: the split
+        placement's weight channel); ``127.0.0.1`` and a local port when the rank runs in this process."""
+        if not self._ray:
+            return "127.0.0.1", free_port()
+        import ray
+
+        return ray.get(self._workers[0].node_address.remote())

@@ -466,6 +466,79 @@ class Learner:
             value = value.detach()
             yield name, value if dtype is None else value.to(dtype)
 
+    # Rank 0's end of the split placement's weight channel (None until open_weight_channel, and on other ranks).
+    _weight_channel: Any = None
+    _weight_channel_timeout_s: float = 0.0
+
+    def open_weight_channel(
+        self, host: str, port: int, backend: str = "gloo", timeout_s: float = 600.0
+    ) -> bool:
+        """Joins the split placement's weight channel (:class:`~codepercept_rl.rollout.weight_sync.WeightChannel`)
+        as its sender (channel rank 0) on this group's rank 0; the other ranks do nothing. Every rank may be
+        called; rank 0's call blocks until the rollout engine joins as channel rank 1.
+
+        Args:
+            host: this rank's node address; the channel's rendezvous store listens on ``port`` there.
+            port: a free TCP port on ``host``.
+            backend: ``gloo`` (payloads through host memory) or ``nccl`` (payloads on this rank's GPU).
+            timeout_s: how long to wait for the rollout engine, here and in every later sync.
+
+        Returns:
+            True on the rank that joined (rank 0), False on the others.
+
+        Raises:
+            RuntimeError: the rollout engine did not join within ``timeout_s``.
+        """
+        if not self.dist.is_main:
+            return False
+        from codepercept_rl.rollout.weight_sync import WeightChannel
+
+        try:
+            channel = WeightChannel(host, port, rank=0, world_size=2, backend=backend, device=self.dist.device,
+                                    timeout_s=timeout_s)  # fmt: skip
+        except RuntimeError as e:
+            raise RuntimeError(f"weight channel on {host}:{port} ({backend}): the rollout engine did not join "
+                               f"within {timeout_s:g} s: {e}") from e  # fmt: skip
+        self._weight_channel, self._weight_channel_timeout_s = channel, timeout_s
+        return True
+
+    def send_weights_to_rollout(self, bucket_bytes: int) -> dict[str, int]:
+        """Streams the full weights to the rollout engine over the channel :meth:`open_weight_channel` opened,
+        in buckets of at most ``bucket_bytes`` (a larger tensor travels alone), floating tensors cast to the
+        compute dtype (bf16 for ``model.dtype=bfloat16``, else fp32). Every rank must call it: each rank drains
+        :meth:`iter_full_params` in step (one all-gather per sharded entry); only rank 0 sends.
+
+        Args:
+            bucket_bytes: the most bytes of one bucket (``rollout.update_weights_bucket_megabytes`` MiB).
+
+        Returns:
+            Rank 0: ``tensors``, ``buckets`` and ``bytes`` sent; other ranks: the tensors gathered, 0 and 0.
+
+        Raises:
+            ValueError: ``bucket_bytes`` < 1.
+            RuntimeError: no channel on rank 0, or the rollout engine died or stopped answering for
+                ``timeout_s`` (rank 0 still finishes the all-gathers, so the other ranks return).
+        """
+        if bucket_bytes < 1:
+            raise ValueError(f"bucket_bytes={bucket_bytes} must be >= 1")
+        params = self.iter_full_params()  # cast by send_weights: integer buffers stay integers
+        if not self.dist.is_main:
+            return {"tensors": sum(1 for _ in params), "buckets": 0, "bytes": 0}
+        from codepercept_rl.rollout.weight_sync import send_weights
+
+        dtype = torch.bfloat16 if self.cfg.model.dtype == "bfloat16" else torch.float32
+        try:
+            if self._weight_channel is None:
+                raise RuntimeError("send_weights_to_rollout before open_weight_channel")
+            return send_weights(self._weight_channel, params, bucket_bytes, dtype=dtype)
+        except RuntimeError as e:
+            for _ in params:  # the other ranks are in the same all-gathers: finish them, then fail
+                pass
+            if self._weight_channel is None:
+                raise
+            raise RuntimeError(f"weight sync to the rollout engine failed (dead, or no answer within "
+                               f"{self._weight_channel_timeout_s:g} s): {e}") from e  # fmt: skip
+
     @property
     def shares_rollout_parameters(self) -> bool:
         """True when the rollout module is a view of this learner's parameters (one rank, fp32 compute): a

