@@ -55,7 +55,7 @@ sys.path.insert(0, str(ROOT))
 from data_tools.build import BuildSpec, plan_item  # noqa: E402
 from data_tools.generators import FAMILIES  # noqa: E402
 from data_tools.generators.base import num  # noqa: E402
-from data_tools.generators.mini import _SHAPE_LINE, GRID, SHAPE_COLORS, SHAPE_KINDS  # noqa: E402
+from data_tools.generators.mini import _SHAPE_LINE, GRID, SHAPE_COLORS, SHAPE_KINDS, shape_line  # noqa: E402
 
 QUICKSTART_SPEC = BuildSpec(families=["shapes", "bars"], num=600, seed=0)  # quickstart's defaults
 HEADER = [
@@ -76,18 +76,7 @@ def shapes_code(shapes: list[dict[str, Any]]) -> str:
     """The ``shapes`` program drawing ``shapes`` (the generator's statements, in canonical cell order)."""
     lines = list(HEADER)
     for s in sorted(shapes, key=lambda s: s["row"] * GRID + s["col"]):
-        x, y = s["col"] + 0.5, s["row"] + 0.5
-        lines.append(
-            _SHAPE_LINE[s["kind"]].format(
-                x=num(x),
-                y=num(y),
-                x0=num(x - 0.4),
-                y0=num(y - 0.4),
-                x1=num(x + 0.4),
-                y1=num(y + 0.4),
-                c=s["color"],
-            )
-        )
+        lines.append(shape_line(s["kind"], s["col"], s["row"], s["color"]))
     return "\n".join(lines) + "\n"
 
 

@@ -26,6 +26,14 @@ _SHAPE_LINE = {
 }
 
 
+def shape_line(kind: str, col: int, row: int, color: str) -> str:
+    """The statement drawing one ``shapes`` element of ``kind`` and ``color`` in grid cell (``col``, ``row``)."""
+    x, y = col + 0.5, row + 0.5
+    return _SHAPE_LINE[kind].format(
+        x=num(x), y=num(y), x0=num(x - 0.4), y0=num(y - 0.4), x1=num(x + 0.4), y1=num(y + 0.4), c=color
+    )
+
+
 def make_shapes(rng: random.Random) -> tuple[str, dict[str, Any], str]:
     """1-3 coloured shapes in distinct cells of a 3x3 grid, listed in cell order (row-major from the bottom)."""
     n = rng.randint(1, 3)
@@ -41,18 +49,7 @@ def make_shapes(rng: random.Random) -> tuple[str, dict[str, Any], str]:
     for cell in cells:
         col, row = cell % GRID, cell // GRID
         kind, color = rng.choice(SHAPE_KINDS), rng.choice(SHAPE_COLORS)
-        x, y = col + 0.5, row + 0.5
-        lines.append(
-            _SHAPE_LINE[kind].format(
-                x=num(x),
-                y=num(y),
-                x0=num(x - 0.4),
-                y0=num(y - 0.4),
-                x1=num(x + 0.4),
-                y1=num(y + 0.4),
-                c=color,
-            )
-        )
+        lines.append(shape_line(kind, col, row, color))
         shapes.append({"kind": kind, "color": color, "col": col, "row": row})
     subject = f"a 3 by 3 grid picture with {n} coloured shape{'s' if n > 1 else ''}"
     return "\n".join(lines) + "\n", {"shapes": shapes}, subject

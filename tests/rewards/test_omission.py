@@ -23,8 +23,7 @@ from codepercept_rl.config import JobConfig, load_config
 from codepercept_rl.rewards import RewardSample, build_reward, compute_rewards, make_backend
 from data_tools.build import BuildSpec, plan_item
 from data_tools.generators import FAMILIES
-from data_tools.generators.base import num
-from data_tools.generators.mini import _SHAPE_LINE, GRID, SHAPE_COLORS, SHAPE_KINDS
+from data_tools.generators.mini import GRID, SHAPE_COLORS, SHAPE_KINDS, shape_line
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "r1_tiny_cpu.yaml"
@@ -58,10 +57,7 @@ def _variants(prog) -> dict[str, str]:
     col, row = next((c, r) for r in range(GRID) for c in range(GRID) if (c, r) not in used)
     kind = next((k for k in SHAPE_KINDS if k not in {s["kind"] for s in shapes}), "circle")
     color = next(c for c in SHAPE_COLORS if c not in {s["color"] for s in shapes})
-    x, y = col + 0.5, row + 0.5
-    line = _SHAPE_LINE[kind].format(
-        x=num(x), y=num(y), x0=num(x - 0.4), y0=num(y - 0.4), x1=num(x + 0.4), y1=num(y + 0.4), c=color
-    )
+    line = shape_line(kind, col, row, color)
     return {"full": prog.code, "omit": omit, "extra": prog.code + line + "\n"}
 
 
