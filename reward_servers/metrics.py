@@ -445,6 +445,13 @@ def layout_f1(reference: Sequence[Mapping[str, Any]], prediction: Sequence[Mappi
     return soft_f1(sim)
 
 
+def drawn_elements(trace: Mapping[str, Any] | None) -> int:
+    """How many elements a render drew, texts aside (shapes, bars, lines, markers ...: the trace's user
+    elements of any type but ``text``; texts are ``text_f1``'s). A diagnostic, in no score: with the reference's
+    count it shows an answer drawing less or more than its target."""
+    return sum(1 for el in _items(trace, "elements", dict) if el.get("type") != "text")
+
+
 def trace_f1s(reference: Mapping[str, Any] | None, prediction: Mapping[str, Any] | None) -> dict[str, float]:
     """The four trace F1s (text_f1, type_f1, color_f1, layout_f1) of a prediction against a reference."""
     ref_calls = reference.get("calls") if isinstance(reference, Mapping) else None

@@ -19,6 +19,10 @@ Rewards, each a score in [0, 1] plus named metrics (raw values, before any mappi
 - ``exec``: 1.0 whenever the code ran and drew a figure (status ``ok``).
 - ``trace``: mean of text_f1, type_f1, color_f1, layout_f1; needs a reference render with a trace.
 
+With a reference trace, ``render`` and ``trace`` also report ``elements`` and ``ref_elements`` (how many elements
+the render and the reference drew, texts aside) and ``elements_ratio``: diagnostics in no score, that show an
+answer drawing less or more than its target (GRPO can learn to hedge by drawing less).
+
 Any status other than ``ok`` scores (0.0, {}). With no target image, an ``ok`` reference render is the target.
 The render's trace is taken as it is: a missing or tampered trace scores as an empty one rather than
 dropping the trace term, so breaking the tracer can never raise a score.
@@ -128,9 +132,21 @@ def score_blend(
     ref_trace = _reference_trace(reference)
     if ref_trace is None:
         return out["image"], out
-    out.update(metrics.trace_f1s(ref_trace, render.trace))
-    out["trace"] = sum(out[k] for k in TRACE_KEYS) / len(TRACE_KEYS)
+    out.update(_trace_terms(ref_trace, render.trace))
     return (1.0 - TRACE_WEIGHT) * out["image"] + TRACE_WEIGHT * out["trace"], out
+
+
+def _trace_terms(ref_trace: Mapping[str, Any], trace: Any) -> dict[str, float]:
+    """The four trace F1s, their mean ``trace``, and (diagnostics, in no score) ``elements`` / ``ref_elements``
+    drawn by the render and the reference, texts aside, and their ratio ``elements_ratio`` (when the reference
+    drew any)."""
+    out = metrics.trace_f1s(ref_trace, trace)
+    out["trace"] = sum(out[k] for k in TRACE_KEYS) / len(TRACE_KEYS)
+    drawn, ref_drawn = metrics.drawn_elements(trace), metrics.drawn_elements(ref_trace)
+    out["elements"], out["ref_elements"] = float(drawn), float(ref_drawn)
+    if ref_drawn:
+        out["elements_ratio"] = drawn / ref_drawn
+    return out
 
 
 def score_ssim(
@@ -187,8 +203,7 @@ def score_trace(
         raise ValueError(
             "reward 'trace' needs a reference render with status 'ok' and a trace (pass reference_code)"
         )
-    out = metrics.trace_f1s(ref_trace, render.trace)
-    out["trace"] = sum(out[k] for k in TRACE_KEYS) / len(TRACE_KEYS)
+    out = _trace_terms(ref_trace, render.trace)
     return out["trace"], out
 
 

@@ -552,6 +552,22 @@ def _table(block: dict[str, Any], wtl: dict[str, Any] | None) -> list[str]:
     return lines
 
 
+def _elements_lines(block: dict[str, Any]) -> list[str]:
+    """How much each stage's executed answers drew against their references (the reward's ``elements`` /
+    ``ref_elements`` diagnostics, texts aside): a policy that learns to hedge draws less."""
+    rows = []
+    for name, row in block["stages"].items():
+        drawn, ref = row["components"].get("elements"), row["components"].get("ref_elements")
+        if drawn is not None and ref is not None and ref == ref and ref > 0:
+            rows.append(f"{name} {drawn:.2f} vs {ref:.2f} ({drawn / ref - 1:+.0%})")
+    if not rows:
+        return []
+    return [
+        "",
+        "Elements drawn per executed answer against its reference's (texts aside): " + "; ".join(rows) + ".",
+    ]
+
+
 def _markdown(report: dict[str, Any]) -> str:
     details = report["details"]
     lines = [
@@ -562,10 +578,12 @@ def _markdown(report: dict[str, Any]) -> str:
         f"## Headline: {details['protocol']}",
         "",
         *_table(report, details["r1_vs_s1"]),
+        *_elements_lines(report),
         "",
         "## Greedy answers",
         "",
         *_table(report["greedy"], details["greedy_r1_vs_s1"]),
+        *_elements_lines(report["greedy"]),
         "",
         "STEM2Code-Eval deterministic scores of the greedy answers (0-100; `codepercept-rl eval`):",
         "",

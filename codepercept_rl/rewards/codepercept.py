@@ -49,7 +49,10 @@ if TYPE_CHECKING:
     from reward_servers.sandbox import ScoreResult
 
 CODEPERCEPT_WEIGHTS = {"format": 1.0, "exec": 1.0, "code": 1.0, "image": 1.0}
-_DIAGNOSTICS = ("ssim", "edge", "pixel", "text_f1", "type_f1", "color_f1", "layout_f1")
+# Logged beside the four terms, in no score; ``elements`` / ``ref_elements`` / ``elements_ratio``: how much the
+# answer drew against its reference (texts aside), to see a policy that learns to draw less.
+_DIAGNOSTICS = ("ssim", "edge", "pixel", "text_f1", "type_f1", "color_f1", "layout_f1", "elements", "ref_elements",
+                "elements_ratio")  # fmt: skip
 
 
 @register_reward("codepercept")

@@ -203,7 +203,9 @@ def test_a_missing_trace_cannot_raise_the_score(pngs, target):
 def test_trace_reward(pngs):
     reference = Render(images=[pngs["sine"]], trace=SINE_TRACE)
     score, m = score_render(Render(images=[pngs["bars"]], trace=SINE_TRACE), None, reference, "trace")
-    assert score == 1.0 and set(m) == {"text_f1", "type_f1", "color_f1", "layout_f1", "trace"}
+    assert score == 1.0 and set(m) == {"text_f1", "type_f1", "color_f1", "layout_f1", "trace", "elements",
+                                       "ref_elements", "elements_ratio"}  # fmt: skip
+    assert m["elements"] == m["ref_elements"] > 0 and m["elements_ratio"] == 1.0  # diagnostics, in no score
     with pytest.raises(ValueError, match="reference"):
         score_render(
             Render(images=[pngs["bars"]], trace=SINE_TRACE), None, Render(images=[pngs["sine"]]), "trace"

@@ -87,7 +87,9 @@ def scored() -> Iterator[list[dict[str, dict[str, float]]]]:
         row = {}
         for j, name in enumerate(names):
             k = 3 * i + j
-            row[name] = {"total": out.scores[k], **{c: out.components[c][k] for c in ("code", "image")}}
+            comps = ("code", "image", "elements", "ref_elements", "elements_ratio")
+            row[name] = {"total": out.scores[k], **{c: out.components[c][k] for c in comps}}
+        row["shapes"] = len(progs[i].params["shapes"])
         rows.append(row)
     yield rows
 
@@ -110,3 +112,12 @@ def test_image_term_agrees_on_average(scored) -> None:
     omit = sum(r["full"]["image"] - r["omit"]["image"] for r in scored) / len(scored)
     extra = sum(r["full"]["image"] - r["extra"]["image"] for r in scored) / len(scored)
     assert omit >= extra > 0.0
+
+
+def test_the_reward_reports_how_much_each_answer_drew_against_its_reference(scored) -> None:
+    """The ``elements`` diagnostics (in no score): shapes drawn by the answer and by the reference."""
+    for row in scored:
+        k = row["shapes"]
+        for name, drawn in (("full", k), ("omit", k - 1), ("extra", k + 1)):
+            assert row[name]["ref_elements"] == k and row[name]["elements"] == drawn, (name, row)
+            assert row[name]["elements_ratio"] == pytest.approx(drawn / k)
