@@ -178,7 +178,6 @@ class RolloutWorker:
 
     # The receiving end of the learner's weight channel (None until open_weight_channel).
     _weight_channel: Any = None
-    _weight_channel_timeout_s: float = 0.0
 
     def open_weight_channel(
         self, host: str, port: int, backend: str = "gloo", timeout_s: float = 600.0
@@ -205,7 +204,6 @@ class RolloutWorker:
         except RuntimeError as e:
             raise RuntimeError(f"weight channel on {host}:{port} ({backend}): learner rank 0 did not answer "
                                f"within {timeout_s:g} s: {e}") from e  # fmt: skip
-        self._weight_channel_timeout_s = timeout_s
 
     def receive_weights(self) -> int:
         """Loads the weights learner rank 0 streams (``Learner.send_weights_to_rollout``) into the engine, one
@@ -245,7 +243,7 @@ class RolloutWorker:
         except Exception as e:
             if channel_failed:
                 raise RuntimeError(f"weight sync from learner rank 0 failed (dead, or no answer within "
-                                   f"{self._weight_channel_timeout_s:g} s): {e}") from e  # fmt: skip
+                                   f"{self._weight_channel.timeout_s:g} s): {e}") from e  # fmt: skip
             for _ in stream:  # the engine refused a tensor: let rank 0 finish its stream, then fail
                 pass
             raise
@@ -391,9 +389,10 @@ class Colocated:
                             for r in range(g * size, (g + 1) * size)]  # fmt: skip
             # A group's ranks return the same completions: keep each group's first.
             return _joined(futures[::size], lambda parts: [groups for part in parts for groups in part])
+        if method == "stats":  # one engine per group: ask each group's first rank
+            leaders = range(0, world, size)
+            return _joined([self._learners.submit_attached(method, rank=r) for r in leaders], _summed)
         futures = [self._learners.submit_attached(method, *args, rank=r, **kwargs) for r in range(world)]
-        if method == "stats":
-            return _joined(futures[::size], _summed)
         return _joined(futures, lambda results: results[0])
 
     def call(self, method: str, *args: Any, **kwargs: Any) -> Any:

@@ -468,7 +468,6 @@ class Learner:
 
     # Rank 0's end of the split placement's weight channel (None until open_weight_channel, and on other ranks).
     _weight_channel: Any = None
-    _weight_channel_timeout_s: float = 0.0
 
     def open_weight_channel(
         self, host: str, port: int, backend: str = "gloo", timeout_s: float = 600.0
@@ -499,7 +498,7 @@ class Learner:
         except RuntimeError as e:
             raise RuntimeError(f"weight channel on {host}:{port} ({backend}): the rollout engine did not join "
                                f"within {timeout_s:g} s: {e}") from e  # fmt: skip
-        self._weight_channel, self._weight_channel_timeout_s = channel, timeout_s
+        self._weight_channel = channel
         return True
 
     def send_weights_to_rollout(self, bucket_bytes: int) -> dict[str, int]:
@@ -537,7 +536,7 @@ class Learner:
             if self._weight_channel is None:
                 raise
             raise RuntimeError(f"weight sync to the rollout engine failed (dead, or no answer within "
-                               f"{self._weight_channel_timeout_s:g} s): {e}") from e  # fmt: skip
+                               f"{self._weight_channel.timeout_s:g} s): {e}") from e  # fmt: skip
 
     @property
     def shares_rollout_parameters(self) -> bool:

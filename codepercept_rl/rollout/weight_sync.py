@@ -65,7 +65,7 @@ class WeightChannel:
             raise ValueError(f"WeightChannel backend {backend!r}: use gloo (CPU) or nccl (GPU)")
         timeout = datetime.timedelta(seconds=timeout_s)
         store = dist.TCPStore(host, port, world_size, is_master=rank == 0, timeout=timeout)
-        self.rank, self.world_size, self.backend = rank, world_size, backend
+        self.rank, self.world_size, self.backend, self.timeout_s = rank, world_size, backend, timeout_s
         self.device = torch.device(device) if backend == "nccl" else torch.device("cpu")
         self._control = dist.ProcessGroupGloo(dist.PrefixStore("control", store), rank, world_size, timeout)
         if backend == "nccl":
