@@ -79,11 +79,12 @@ $(VLLM_VENV)/.installed: setup.py
 
 vllm-env: $(VLLM_VENV)/.installed
 
+# The lean HF decode loop is checked here too (the vLLM tests compare with it, under vLLM's transformers).
 # One pytest process per file: vLLM fixes its environment once an engine has started (the in-process engine,
 # the multi-process one of V1's default, one colocated with a learner, two learner ranks with their engines, R1
 # end to end on two Ray ranks).
 test-vllm: $(VLLM_VENV)/.installed
-	$(VLLM_VENV)/bin/python -m pytest -q tests/rollout/test_vllm_engine.py tests/rollout/test_vllm_version.py
+	$(VLLM_VENV)/bin/python -m pytest -q tests/rollout/test_vllm_engine.py tests/rollout/test_vllm_version.py tests/rollout/test_lean_decode.py
 	$(VLLM_VENV)/bin/python -m pytest -q tests/rollout/test_vllm_multiproc.py
 	$(VLLM_VENV)/bin/python -m pytest -q tests/rollout/test_vllm_colocated.py
 	$(VLLM_VENV)/bin/python -m pytest -q tests/rollout/test_vllm_colocated_ranks.py

@@ -173,6 +173,10 @@ class RolloutConfig:
     tensor_model_parallel_size: int = 1
     gpu_memory_utilization: float = 0.5
     micro_batch_size: int = 16  # sequences per HF generate call; also the granularity of reward overlap
+    # HF rollouts: "lean" decodes Qwen-VL models with the lean loop (the model's prefill, then hand-written steps
+    # over a preallocated KV cache: generate's tokens and logits, less per-token overhead); "generate": always
+    # model.generate. Other models use generate either way.
+    hf_decode: Literal["lean", "generate"] = "lean"
     val_temperature: float = 0.0  # validation sampling (0: greedy, one sample per prompt)
     enable_sleep_mode: bool = False  # vLLM colocated with the learner on GPUs: free memory between rollouts
     # verl's name: the most bytes per weight bucket a vLLM engine loads at once (a larger tensor is one bucket).

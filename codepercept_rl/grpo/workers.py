@@ -165,6 +165,7 @@ class RolloutWorker:
                 processor,
                 micro_batch_size=rollout_cfg.micro_batch_size,
                 max_prompt_tokens=max_prompt_tokens,
+                decode=rollout_cfg.hf_decode,
             )
 
     def generate(self, prompts: Sequence[RolloutPrompt], params: SamplingParams) -> list[list[Completion]]:
@@ -310,6 +311,7 @@ class ColocatedRolloutWorker:
             learner.processor,
             micro_batch_size=rollout_cfg.micro_batch_size,
             max_prompt_tokens=max_prompt_tokens,
+            decode=rollout_cfg.hf_decode,
         )
 
     def generate(self, prompts: Sequence[RolloutPrompt], params: SamplingParams) -> list[list[Completion]]:
