@@ -76,7 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"model: {args.arch} preset={args.preset} fp32, random weights; torch threads=1")
     print(f"per call: {args.prompts} prompts x n={args.n}, max_tokens={args.max_tokens}, micro-batch "
           f"{args.micro_batch}, temperature {args.temperature}; {args.repeats} timed calls each (interleaved)")  # fmt: skip
-    print(f"tokens drawn by lean and generate identical in every call: {same} ({n_tokens} tokens in the last)")
+    print(
+        f"tokens drawn by lean and generate identical in every call: {same} ({n_tokens} tokens in the last)"
+    )
     print()
     print(f"{'decode':<10} {'median s':>9} {'min s':>7} {'max s':>7} {'tokens/s':>9}")
     for name, values in seconds.items():

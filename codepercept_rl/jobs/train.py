@@ -567,6 +567,7 @@ def grpo_step(run: GRPORun) -> dict[str, float]:
     run.skipped_in_a_row = run.skipped_in_a_row + 1 if skipped else 0
 
     # 6. weights to the rollout engine
+    sent_before = run.counters["weight_sync/buckets"], run.counters["weight_sync/bytes"]
     timing["update_weights"] = _sync_weights(run)
     timing["step"] = time.perf_counter() - t_step
     _log_generations(run, "train/generations", table_rollouts, run.train_data, step + 1, table_renders)
@@ -576,6 +577,9 @@ def grpo_step(run: GRPORun) -> dict[str, float]:
         if values:  # the mean over mini-batches of the loss_agg_mode value, as verl reduces its actor metrics
             metrics[f"actor/{name}"] = statistics.fmean(values)
     metrics["actor/old_log_prob_recomputed"] = float(not on_policy)
+    if not cfg.rollout.hybrid_engine:  # split placement: what this step's sync sent over the weight channel
+        metrics["weight_sync/buckets"] = float(run.counters["weight_sync/buckets"] - sent_before[0])
+        metrics["weight_sync/bytes"] = float(run.counters["weight_sync/bytes"] - sent_before[1])
     if token_entropy:
         # Of the sampling policy, per response token (on-policy: actor/entropy came with the update's stats).
         metrics["actor/entropy"] = statistics.fmean(token_entropy)

@@ -54,6 +54,11 @@ def _check_split_sync(run) -> None:
     after = _assert_rollout_equals_learner(run)
     assert any(not torch.equal(initial[k], after[k]) for k in initial)  # the step moved the policy
     assert run.counters["weight_sync/buckets"] - buckets0 == 1  # 512 MiB: the whole nano model in one bucket
+    # ... and the step's metrics say so (split placement only)
+    assert metrics["weight_sync/buckets"] == 1
+    tensor_bytes = sum(v.numel() * v.element_size() for v in after.values())
+    # the payload: every tensor, each padded to a 64-byte boundary
+    assert tensor_bytes <= metrics["weight_sync/bytes"] < tensor_bytes + 64 * len(after)
 
     run.rollout.call("update_weights", {k: torch.zeros_like(v) for k, v in after.items()})
     assert all(not v.any() for v in _rollout_state(run).values())
