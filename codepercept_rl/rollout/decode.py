@@ -23,7 +23,8 @@ machinery, the way vLLM runs its own model code on HF's weights:
 It is the same function as ``generate``, not an approximation: ``tests/rollout/test_lean_decode.py`` checks the
 greedy tokens and the logits of every step against ``generate`` and the log-probs against the learner's forward.
 What it supports is what it checks (``supported``): Qwen2-VL, Qwen2.5-VL and Qwen3-VL (dense) with SDPA or eager
-attention, batch-padded on the left; anything else (and stop strings) stays on ``generate``.
+attention, batch-padded on the left, batches with at least one image (the rows' rope positions then come from
+the image-aware rule both HF paths share); anything else (and stop strings) stays on ``generate``.
 """
 
 from __future__ import annotations
@@ -147,6 +148,11 @@ class LeanDecoder:
         """Returns ``(new_tokens (B, T), raw_logits (B, T, V))`` as ``generate(..., output_logits=True)`` does:
         ``T`` is the step at which every row had ended (EOS) or ``max_new_tokens``; rows that ended earlier are
         padded with ``pad_id`` after their EOS."""
+        if inputs.get("image_grid_thw") is None:
+            # Without an image HF's forward would place left-padded rows by cache position, generate by the mask.
+            raise ValueError("LeanDecoder.generate needs a batch with at least one image (use generate)")
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens={max_new_tokens}: must be >= 1")
         input_ids = inputs["input_ids"]
         mask = inputs.get("attention_mask")
         if mask is None:

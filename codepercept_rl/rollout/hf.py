@@ -11,8 +11,8 @@ completions come back empty with ``finish_reason="prompt_too_long"`` and are cou
 
 ``decode="lean"`` (the default) decodes Qwen-VL models with ``LeanDecoder`` (``codepercept_rl/rollout/decode.py``):
 the model's own prefill, then a hand-written step over a preallocated KV cache, the same tokens and logits as
-``generate`` at a fraction of its per-token overhead. Other models, and calls with stop strings, use
-``model.generate`` (``decode="generate"`` forces it; ``decode_fallback`` says why a lean engine fell back).
+``generate`` at a fraction of its per-token overhead. Other models, calls with stop strings and micro-batches
+without an image use ``model.generate`` (``decode="generate"`` forces it; ``decode_fallback`` says why a lean engine fell back).
 """
 
 from __future__ import annotations
@@ -89,7 +89,13 @@ class HFRolloutEngine:
         self.processor = processor
         self.micro_batch_size = micro_batch_size
         self.max_prompt_tokens = max_prompt_tokens
-        self.stats = {"prompts_too_long": 0, "generated_sequences": 0, "generated_tokens": 0}
+        # lean_sequences: how many of the generated sequences the lean loop decoded (the rest: generate)
+        self.stats = {
+            "prompts_too_long": 0,
+            "generated_sequences": 0,
+            "generated_tokens": 0,
+            "lean_sequences": 0,
+        }
         tok = processor.tokenizer
         self._pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         eos = [tok.eos_token_id]
@@ -194,7 +200,7 @@ class HFRolloutEngine:
         was_training = self.model.training
         self.model.eval()
         try:
-            if self._lean is not None and not params.stop:
+            if self._lean is not None and not params.stop and enc.get("image_grid_thw") is not None:
                 processors = Processors.build(
                     greedy=greedy,
                     temperature=params.temperature,
@@ -203,6 +209,7 @@ class HFRolloutEngine:
                     repetition_penalty=params.repetition_penalty,
                     suppress_ids=self._suppress_ids,
                 )
+                self.stats["lean_sequences"] += len(chunk)
                 new_tokens, logits = self._lean.generate(
                     enc,
                     max_new_tokens=params.max_tokens,

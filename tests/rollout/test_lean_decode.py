@@ -112,6 +112,24 @@ def test_engine_decodes_the_same_either_way(model_processor):
     assert [[c.finish_reason for c in g] for g in lean] == [[c.finish_reason for c in g] for g in hf]
 
 
+def test_mixed_and_text_only_batches(model_processor):
+    """A micro-batch with a text-only row among image rows decodes lean, like generate; one with no image at all
+    goes to generate (HF's forward and generate would place its padded rows differently)."""
+    model, processor = model_processor
+    text_only = RolloutPrompt([{"role": "user", "content": "Write matplotlib code for a red circle."}], [])
+    prompts = [text_only, *_prompts()]
+    params = SamplingParams(n=2, temperature=1.0, max_tokens=16, seed=5)
+    lean = HFRolloutEngine(model, processor, micro_batch_size=8)
+    hf = HFRolloutEngine(model, processor, micro_batch_size=8, decode="generate")
+    out, ref = lean.generate(prompts, params), hf.generate(prompts, params)
+    assert [[c.token_ids for c in g] for g in out] == [[c.token_ids for c in g] for g in ref]
+    assert lean.stats["lean_sequences"] == 8 and hf.stats["lean_sequences"] == 0
+    alone = HFRolloutEngine(model, processor, micro_batch_size=8)
+    out = alone.generate([text_only], params)
+    assert out[0][0].token_ids == hf.generate([text_only], params)[0][0].token_ids
+    assert alone.stats["lean_sequences"] == 0 and alone.stats["generated_sequences"] == 2
+
+
 def test_fallbacks_say_why():
     model, processor = build_tiny_model("qwen2_5_vl", preset="nano", seed=0)
     assert HFRolloutEngine(model, processor, decode="generate").decode_fallback == "decode='generate'"
