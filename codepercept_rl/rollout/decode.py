@@ -134,6 +134,12 @@ class LeanDecoder:
         self.scaling = float(attn0.scaling)
         self.qk_norm = hasattr(attn0, "q_norm")
 
+    @staticmethod
+    def accepts(inputs: dict[str, Any]) -> bool:
+        """Whether :meth:`generate` takes this encoded batch: it needs at least one image (without one, HF's
+        forward would place left-padded rows by cache position, generate by the mask)."""
+        return inputs.get("image_grid_thw") is not None
+
     @torch.no_grad()
     def generate(
         self,
@@ -148,8 +154,7 @@ class LeanDecoder:
         """Returns ``(new_tokens (B, T), raw_logits (B, T, V))`` as ``generate(..., output_logits=True)`` does:
         ``T`` is the step at which every row had ended (EOS) or ``max_new_tokens``; rows that ended earlier are
         padded with ``pad_id`` after their EOS."""
-        if inputs.get("image_grid_thw") is None:
-            # Without an image HF's forward would place left-padded rows by cache position, generate by the mask.
+        if not self.accepts(inputs):
             raise ValueError("LeanDecoder.generate needs a batch with at least one image (use generate)")
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens={max_new_tokens}: must be >= 1")
@@ -158,6 +163,7 @@ class LeanDecoder:
         if mask is None:
             mask = torch.ones_like(input_ids)
         batch, prompt_len = input_ids.shape
+        self.model.model.rope_deltas = None  # this prefill's, never a previous call's
         out = self.model(**inputs, use_cache=True, logits_to_keep=1)
         layers = self._fused()
         rope_deltas = self.model.model.rope_deltas
@@ -180,21 +186,23 @@ class LeanDecoder:
         attn_mask[:, 0, 0, :prompt_len] = mask.bool()
         # The next token's position in its row: the row's tokens so far (no padding), plus rope_deltas.
         position = mask.long().sum(-1, keepdim=True) + rope_deltas.to(input_ids.device)  # (B, 1)
-        sequences = input_ids
+        # Prompt + tokens so far (what the repetition penalty reads), filled in place: no concatenation per step.
+        sequences = input_ids.new_empty(batch, total)
+        sequences[:, :prompt_len] = input_ids
         unfinished = torch.ones(batch, dtype=torch.long, device=input_ids.device)
         eos = torch.tensor(eos_ids, device=input_ids.device)
         raw: list[torch.Tensor] = []
         new_tokens: list[torch.Tensor] = []
         for step in range(max_new_tokens):
             raw.append(logits)
-            scores = processors(sequences, logits)
+            scores = processors(sequences[:, : prompt_len + step], logits)
             if greedy:
                 token = torch.argmax(scores, dim=-1)
             else:
                 token = torch.multinomial(F.softmax(scores, dim=-1), num_samples=1).squeeze(1)
             token = token * unfinished + pad_id * (1 - unfinished)
             new_tokens.append(token)
-            sequences = torch.cat([sequences, token[:, None]], dim=-1)
+            sequences[:, prompt_len + step] = token
             unfinished = unfinished & ~torch.isin(token, eos)
             if not bool(unfinished.any()) or step + 1 == max_new_tokens:
                 break

@@ -165,6 +165,26 @@ class HFRolloutEngine:
         enc = self.processor(text=[text], images=images or None, return_tensors="pt")
         return int(enc["input_ids"].shape[1])
 
+    def _generate_kwargs(self, params: SamplingParams, greedy: bool) -> dict[str, Any]:
+        """``model.generate``'s arguments for ``params``."""
+        gen_kwargs: dict[str, Any] = {
+            "max_new_tokens": params.max_tokens,
+            "do_sample": not greedy,
+            "eos_token_id": self._eos_ids,
+            "pad_token_id": self._pad_id,
+            "return_dict_in_generate": True,
+            "output_logits": True,
+            "repetition_penalty": params.repetition_penalty,
+            "suppress_tokens": self._suppress_ids or None,
+        }
+        if not greedy:
+            gen_kwargs.update(
+                temperature=params.temperature, top_p=params.top_p, top_k=max(params.top_k, 0) or None
+            )
+        if params.stop:
+            gen_kwargs.update(stop_strings=list(params.stop), tokenizer=self.processor.tokenizer)
+        return gen_kwargs
+
     @torch.no_grad()
     def _generate_chunk(
         self,
@@ -181,26 +201,10 @@ class HFRolloutEngine:
         device = next(self.model.parameters()).device
         enc = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in enc.items()}
         greedy = params.temperature == 0
-        gen_kwargs: dict[str, Any] = {
-            "max_new_tokens": params.max_tokens,
-            "do_sample": not greedy,
-            "eos_token_id": self._eos_ids,
-            "pad_token_id": self._pad_id,
-            "return_dict_in_generate": True,
-            "output_logits": True,
-            "repetition_penalty": params.repetition_penalty,
-            "suppress_tokens": self._suppress_ids or None,
-        }
-        if not greedy:
-            gen_kwargs.update(
-                temperature=params.temperature, top_p=params.top_p, top_k=max(params.top_k, 0) or None
-            )
-        if params.stop:
-            gen_kwargs.update(stop_strings=list(params.stop), tokenizer=tok)
         was_training = self.model.training
         self.model.eval()
         try:
-            if self._lean is not None and not params.stop and enc.get("image_grid_thw") is not None:
+            if self._lean is not None and not params.stop and self._lean.accepts(enc):
                 processors = Processors.build(
                     greedy=greedy,
                     temperature=params.temperature,
@@ -219,7 +223,7 @@ class HFRolloutEngine:
                     pad_id=self._pad_id,
                 )
             else:
-                out = self.model.generate(**enc, **gen_kwargs)
+                out = self.model.generate(**enc, **self._generate_kwargs(params, greedy))
                 new_tokens = out.sequences[:, enc["input_ids"].shape[1] :]  # (B, T_new)
                 logits = torch.stack(out.logits, dim=1).float()  # (B, T_new, V)
         finally:
