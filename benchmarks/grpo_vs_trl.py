@@ -8,6 +8,14 @@ Run (a few minutes on 2 cores; an otherwise idle machine gives clean figures)::
 The last line is ``grpo_step_ratio_vs_trl=<ours/TRL>``: the median seconds per GRPO step of our engine run
 in-process (``ray.enabled=false``) divided by TRL's median. Below 1 means ours is faster.
 
+``--one-step-off`` also times ours as verl's one-step-off-policy recipe runs (``trainer.one_step_off_policy``
+on the split placement, Ray actors, the engine's log-probs as the old ones:
+``algorithm.rollout_correction.bypass_mode``): the rollout actor samples the next step's batch on one core while
+the learner updates on the other, so a step costs about the longer of the two instead of their sum. Its rollouts
+are one policy version old, which TRL's are not, so it prints a ratio of its own
+(``grpo_step_ratio_vs_trl_one_step_off``) before the headline; its ``wait_rollout`` phase is the generation the
+update did not hide, ``gen_overlapped`` the whole generation (beside the previous step, not in the step's time).
+
 What is the same on both sides:
 
 - the model: one tiny Qwen2.5-VL (``codepercept_rl.models.build_tiny_model``, random weights, seeded), saved
@@ -78,7 +86,14 @@ import torch  # noqa: E402
 
 RECIPE = REPO / "recipes" / "r1_tiny_cpu.yaml"
 PROMPT_TEXT = "Write Python matplotlib code that draws exactly this picture."
-PHASES = ("gen", "reward", "old_log_prob", "adv", "update_actor", "update_weights")
+PHASES = ("gen", "reward", "old_log_prob", "adv", "update_actor", "wait_rollout", "update_weights")
+# --one-step-off only: the prefetched round's generation, run beside the previous step's update (not in the step)
+OVERLAPPED = ("gen_overlapped",)
+ASYNC_NAME = "ours (1-off)"
+# --one-step-off: verl's one-step-off-policy recipe on the split placement, with the engine's log-probs as the old
+# ones (no old_log_prob forward); everything else as the on-policy run's settings.
+ONE_STEP_OFF = ("rollout.hybrid_engine=false", "trainer.one_step_off_policy=true",
+                "algorithm.rollout_correction.bypass_mode=true")  # fmt: skip
 
 
 @dataclass
@@ -149,7 +164,14 @@ def build_assets(root: Path, args: argparse.Namespace) -> tuple[Path, Path]:
 
 
 # ------------------------------------------------------------------------------------------------ ours
-def our_config(args: argparse.Namespace, root: Path, model_dir: Path, parquet: Path, ray: bool) -> Any:
+def our_config(
+    args: argparse.Namespace,
+    root: Path,
+    model_dir: Path,
+    parquet: Path,
+    ray: bool,
+    one_step_off: bool = False,
+) -> Any:
     """Our JobConfig with the settings shared with TRL (module docstring)."""
     from codepercept_rl.config import JobConfig, load_config
 
@@ -191,16 +213,17 @@ def our_config(args: argparse.Namespace, root: Path, model_dir: Path, parquet: P
         f"ray.enabled={'true' if ray else 'false'}",
         "ray.num_cpus=2",
         *args.ours_override,
+        *(ONE_STEP_OFF if one_step_off else ()),
     ]
     return load_config(RECIPE, overrides, schema=JobConfig)
 
 
 def run_ours(args: argparse.Namespace, root: Path, model_dir: Path, parquet: Path, ray: bool,
-             result: EngineResult) -> None:  # fmt: skip
+             result: EngineResult, one_step_off: bool = False) -> None:  # fmt: skip
     """One fresh run of our engine: ``--warmup`` untimed steps, then ``--steps`` timed ones."""
     from codepercept_rl.jobs.train import cleanup, grpo_step, setup
 
-    run = setup(our_config(args, root, model_dir, parquet, ray))
+    run = setup(our_config(args, root, model_dir, parquet, ray, one_step_off))
     times = []
     try:
         for k in range(args.warmup + args.steps):
@@ -213,7 +236,7 @@ def run_ours(args: argparse.Namespace, root: Path, model_dir: Path, parquet: Pat
                 continue
             times.append(elapsed)
             result.lengths.append(metrics["response_length/mean"])
-            for phase in PHASES:
+            for phase in PHASES + (OVERLAPPED if one_step_off else ()):
                 result.phases.setdefault(phase, []).append(metrics.get(f"timing_s/{phase}", 0.0))
             for key, value in metrics.items():
                 if key.startswith("reward/status/"):
@@ -372,6 +395,9 @@ def report(
         length = statistics.fmean(res.lengths) if res.lengths else float("nan")
         print(f"{res.name:<14} {res.median_s:>18.3f} {per_rep:>24} {length:>9.1f}  {res.settings}")
     print()
+    async_runs = [res for res in results if res.name == ASYNC_NAME]
+    if async_runs:  # not the headline: its rollouts are one policy version old, TRL's are not
+        print(f"grpo_step_ratio_vs_trl_one_step_off={async_runs[0].median_s / trl.median_s:.3f}")
     print(f"grpo_step_ratio_vs_trl={ours.median_s / trl.median_s:.3f}")
 
 
@@ -383,7 +409,8 @@ def run_worker(args: argparse.Namespace) -> None:
     if args.worker == "trl":
         run_trl(args, root, root / "model", root / "train.parquet", result)
     else:
-        run_ours(args, root, root / "model", root / "train.parquet", args.worker == "ours-ray", result)
+        run_ours(args, root, root / "model", root / "train.parquet", args.worker != "ours", result,
+                 one_step_off=args.worker == "ours-async")  # fmt: skip
     # Counter is turned into a plain dict by hand: dataclasses.asdict would rebuild it from (key, value) pairs.
     Path(args.out).write_text(json.dumps({**dataclasses.asdict(result), "statuses": dict(result.statuses)}))
 
@@ -430,7 +457,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ours-override", action="append", default=[], metavar="KEY=VALUE",
                         help="an extra config override for our engine (e.g. model.use_remove_padding=true)")  # fmt: skip
     # internal: one repeat of one engine in a child process (see spawn)
-    parser.add_argument("--worker", choices=("ours", "ours-ray", "trl"), help=argparse.SUPPRESS)
+    parser.add_argument("--one-step-off", action="store_true",
+                        help="also time ours one step off-policy (Ray, split placement; a ratio of its own)")  # fmt: skip
+    parser.add_argument("--worker", choices=("ours", "ours-ray", "ours-async", "trl"), help=argparse.SUPPRESS)
     parser.add_argument("--root", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -444,7 +473,9 @@ def main(argv: list[str] | None = None) -> int:
     ours = EngineResult("ours (local)", f"{shared}; ray.enabled=false")
     trl = EngineResult("TRL", f"{shared}; GRPOTrainer use_vllm=False, optim=adamw_torch")
     ours_ray = EngineResult("ours (Ray)", f"{shared}; ray.enabled=true, ray.num_cpus=2")
-    engines = [("ours", ours), ("trl", trl), *([("ours-ray", ours_ray)] if args.ray else [])]
+    ours_async = EngineResult(ASYNC_NAME, f"{shared}; Ray, {', '.join(ONE_STEP_OFF)}")
+    engines = [("ours", ours), ("trl", trl), *([("ours-ray", ours_ray)] if args.ray else []),
+               *([("ours-async", ours_async)] if args.one_step_off else [])]  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="grpo_vs_trl_") as tmp:
         root = Path(tmp)
         build_assets(root, args)

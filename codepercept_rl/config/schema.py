@@ -64,6 +64,10 @@ class TrainerConfig:
     log_train_generations: int = 1  # samples (target image | rendered rollout) logged as a table every step
     # Added for the learner (S1 issue): complete checkpoints kept under <run_dir>/checkpoints (<= 0: all).
     max_actor_ckpt_to_keep: int = 2
+    # verl's one-step-off-policy recipe: the split rollout worker samples step k+1's first batch while the learner
+    # trains on step k's, so rollouts are one policy version old and the old log-probs are recomputed
+    # (needs rollout.hybrid_engine=false; train.py's module docstring).
+    one_step_off_policy: bool = False
 
 
 @dataclass
@@ -188,6 +192,16 @@ class RolloutConfig:
 
 
 @dataclass
+class RolloutCorrectionConfig:
+    """Off-policy handling of the rollouts (verl ``algorithm.rollout_correction.*``)."""
+
+    # True: the rollout engine's own log-probs of the sampled tokens are the PPO ratio's old log-probs, and the
+    # learner's old_log_prob forward is skipped (verl's bypass mode). With trainer.one_step_off_policy the ratio
+    # is then taken against the policy that actually sampled (one version old), not the one starting the update.
+    bypass_mode: bool = False
+
+
+@dataclass
 class AlgorithmConfig:
     """Advantage estimation and KL (verl ``algorithm.*``)."""
 
@@ -200,6 +214,7 @@ class AlgorithmConfig:
     # generate for more prompts until train_batch_size groups remain, at most max_num_gen_batches rounds.
     filter_groups: bool = False
     max_num_gen_batches: int = 4
+    rollout_correction: RolloutCorrectionConfig = field(default_factory=RolloutCorrectionConfig)
 
 
 @dataclass

@@ -34,6 +34,9 @@ class Rollout:
     components: dict[str, float | None] = field(default_factory=dict)
     status: str = "ok"
     advantage: float = 0.0
+    logprobs: list[float] | None = (
+        None  # the engine's, of token_ids at the sampling temperature, when it gives them
+    )
 
 
 @dataclass

@@ -43,8 +43,21 @@ Placement (``rollout.hybrid_engine``, verl's ``actor_rollout_ref.hybrid_engine``
   weights, load, wake the KV cache, as verl does); with ``rollout.enable_sleep_mode`` the engines free their
   weights and KV cache on the GPUs during the update.
 
+One step off-policy (``trainer.one_step_off_policy=true``, verl's recipe of that name; split placement only):
+step k+1's first generation round goes to the rollout worker as soon as step k takes its own prefetched batch
+(step 0, which has none, submits it after its rounds), so generation, with the weights before step k's update,
+runs beside step k's wait for rewards and phases 3-5; a collector thread hands each chunk to the reward worker
+as it arrives. Phase 6 waits for the worker to finish sampling (``timing_s/wait_rollout``: the generation the
+step did not hide) and then syncs, so step k+1 trains on rollouts exactly one policy version old; dynamic
+sampling's further rounds, if any, queue behind the prefetched one. The update is then never on-policy: the old
+log-probs are recomputed (phase 3), so the clipped ratio is taken against the weights that start the update,
+as verl does, or with ``algorithm.rollout_correction.bypass_mode=true`` they are the engine's own, the ratio
+against the weights that sampled. Step k+1 logs ``timing_s/gen_overlapped`` (its first round's generation) and
+``batch/off_policy_rollouts``. A checkpoint keeps the prompts of the batch in flight: the resumed run samples
+them again as its first round, with the restored weights.
+
 Sampling is seeded per step, so a run resumed from a checkpoint (``--resume``, or ``trainer.resume_mode=auto``)
-logs the same metrics as an uninterrupted one on CPU. Metric names follow verl (``actor/pg_loss``,
+logs the same metrics as an uninterrupted one on CPU (one step off-policy: except the step after the resume). Metric names follow verl (``actor/pg_loss``,
 ``critic/score/mean``, ``response_length/mean``, ``timing_s/*``, ``perf/throughput``).
 """
 
@@ -58,6 +71,8 @@ import statistics
 import time
 from collections import Counter
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_all
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -116,6 +131,12 @@ class GRPORun:
     step: int = 0
     skipped_in_a_row: int = 0
     counters: Counter = field(default_factory=Counter)
+    prefetch: Prefetch | None = None  # trainer.one_step_off_policy: the next step's first batch, in flight
+    resume_items: list[int] | None = None  # a checkpoint's prefetched prompts: the resumed step's first round
+    # trainer.one_step_off_policy: waits on a prefetched batch's chunks and scores them while the driver trains
+    collector: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="rollout-collector")
+    )
 
     @property
     def ckpt_root(self) -> Path:
@@ -196,6 +217,7 @@ def setup(cfg: JobConfig, resume: bool = False) -> GRPORun:
         extra = learners.call("load_checkpoint", per_rank_args=[(str(latest),)] * world)[0]
         run.step = int(extra["step"])
         run.sampler.load_state(extra["sampler"])
+        run.resume_items = list(extra.get("prefetched") or []) or None
         log.info("resumed from %s at step %d", latest, run.step)
     _sync_weights(run)
     return run
@@ -244,6 +266,15 @@ def _validate(cfg: JobConfig) -> None:
                         "temperature > 0 (greedy decoding is rollout.val_temperature=0)")  # fmt: skip
     if cfg.actor.entropy_coeff != 0:
         raise UserError("actor.entropy_coeff != 0 is not supported yet (entropy is logged, not optimised)")
+    if (cfg.algorithm.rollout_correction.bypass_mode and cfg.rollout.name == "vllm"
+            and cfg.rollout.temperature != 1.0):  # fmt: skip
+        raise UserError(f"algorithm.rollout_correction.bypass_mode=true with rollout.temperature="
+                        f"{cfg.rollout.temperature}: vLLM reports log-probs of the untempered logits (its "
+                        "logprobs_mode default), so they are not the sampling distribution's; use temperature 1.0 or "
+                        "leave bypass_mode off (the learner recomputes them)")  # fmt: skip
+    if cfg.trainer.one_step_off_policy and cfg.rollout.hybrid_engine:
+        raise UserError("trainer.one_step_off_policy=true samples the next batch while the learner trains, so the "
+                        "rollout needs its own worker and weights: set rollout.hybrid_engine=false")  # fmt: skip
     tp = cfg.rollout.tensor_model_parallel_size
     if cfg.rollout.hybrid_engine and cfg.rollout.name == "vllm" and (tp < 1 or world % tp):
         raise UserError(f"rollout.tensor_model_parallel_size={tp}: the colocated vLLM engines split the {world} "
@@ -325,9 +356,11 @@ def _on_policy(cfg: JobConfig, n_groups: int) -> bool:
     True for one epoch over one mini-batch: the weights the update's forward sees are those that sampled
     (they were synced before generation), so ``old = logp.detach()`` equals the recomputed value. A KL penalty in
     the reward needs the old log-probs before the advantages, and ``actor.recompute_log_prob`` forces them.
+    Never with ``trainer.one_step_off_policy``: its rollouts come from the weights before the last update.
     """
     return (
         not cfg.actor.recompute_log_prob
+        and not cfg.trainer.one_step_off_policy
         and cfg.actor.ppo_epochs == 1
         and n_groups <= cfg.actor.ppo_mini_batch_size
         and not (cfg.algorithm.use_kl_in_reward and cfg.algorithm.kl_coef > 0)
@@ -348,6 +381,42 @@ def _sampling(cfg: JobConfig, seed: int, *, validation: bool = False) -> Samplin
                           repetition_penalty=r.repetition_penalty, max_tokens=r.response_length, seed=seed)  # fmt: skip
 
 
+@dataclass
+class PendingGeneration:
+    """Phase 1 in flight: ``chunks`` of item indices, each submitted to the rollout worker (``futures``)."""
+
+    chunks: list[list[int]]
+    futures: list[Future]
+    started: float  # perf_counter() at submission
+
+
+@dataclass
+class Prefetch:
+    """``trainer.one_step_off_policy``: the next step's first batch, sampled with the weights before this step's
+    update while the learner trains; ``batch`` (a future of :func:`collect_and_score`'s result) is filled by the
+    driver's collector thread, which hands each chunk to the reward worker as it arrives."""
+
+    pending: PendingGeneration
+    batch: Future
+    items: list[int]  # its prompts (rows of the train set): a checkpoint keeps them for a resumed run
+
+
+def submit_generation(
+    run: GRPORun, items: list[int], params: SamplingParams, data: R1Dataset
+) -> PendingGeneration:
+    """Phase 1 for ``items``, submitted in chunks of ``rollout.micro_batch_size`` sequences; returns at once."""
+    # rollout.micro_batch_size sequences per engine: colocated vLLM on several ranks splits a chunk over engines.
+    per_chunk = max(1, run.cfg.rollout.micro_batch_size // params.n) * run.rollout.engines
+    chunks = [items[i : i + per_chunk] for i in range(0, len(items), per_chunk)]
+    t0 = time.perf_counter()
+    futures = [
+        run.rollout.submit("generate", [data[i].prompt for i in chunk],
+                           SamplingParams(**{**params.__dict__, "seed": (params.seed or 0) + 7919 * c}))
+        for c, chunk in enumerate(chunks)
+    ]  # fmt: skip
+    return PendingGeneration(chunks, futures, t0)
+
+
 def generate_and_score(
     run: GRPORun, items: list[int], params: SamplingParams, data: R1Dataset
 ) -> tuple[TrainBatch, float, float]:
@@ -356,17 +425,17 @@ def generate_and_score(
     Returns:
         The batch (rollouts in prompt-major order), seconds generating, seconds waiting for rewards after.
     """
-    # rollout.micro_batch_size sequences per engine: colocated vLLM on several ranks splits a chunk over engines.
-    per_chunk = max(1, run.cfg.rollout.micro_batch_size // params.n) * run.rollout.engines
-    chunks = [items[i : i + per_chunk] for i in range(0, len(items), per_chunk)]
-    t0 = time.perf_counter()
-    gen_futures = [
-        run.rollout.submit("generate", [data[i].prompt for i in chunk],
-                           SamplingParams(**{**params.__dict__, "seed": (params.seed or 0) + 7919 * c}))
-        for c, chunk in enumerate(chunks)
-    ]  # fmt: skip
+    return collect_and_score(run, submit_generation(run, items, params, data), data)
+
+
+def collect_and_score(
+    run: GRPORun, pending: PendingGeneration, data: R1Dataset
+) -> tuple[TrainBatch, float, float]:
+    """Waits for ``pending``'s chunks in order, handing each to the reward worker as it arrives, then for the
+    rewards; returns what :func:`generate_and_score` returns (seconds counted from the submission)."""
+    t0 = pending.started
     prompts, rollouts, score_futures = [], [], []
-    for chunk, fut in zip(chunks, gen_futures, strict=True):
+    for chunk, fut in zip(pending.chunks, pending.futures, strict=True):
         groups = fut.result()
         samples = []
         for i, group in zip(chunk, groups, strict=True):
@@ -374,7 +443,8 @@ def generate_and_score(
             prompts.append(data[i].prompt)
             for comp in group:
                 ids = _cut_at_vision_tokens(comp.token_ids, run.vision_ids)
-                rollouts.append(Rollout(p_index, i, ids, comp.text, comp.finish_reason))
+                lps = comp.logprobs[: len(ids)] if comp.logprobs is not None else None
+                rollouts.append(Rollout(p_index, i, ids, comp.text, comp.finish_reason, logprobs=lps))
                 samples.append(data[i].reward_sample(comp.text))
         start = len(rollouts) - len(samples)
         score_futures.append((start, samples, run.reward.submit("score", samples), run.reward.restarts))
@@ -458,14 +528,27 @@ def grpo_step(run: GRPORun) -> dict[str, float]:
 
     # 1-2. rollout and reward (overlapped), with dynamic sampling
     kept = TrainBatch([], [])
-    rounds, filtered = 0, 0
+    rounds, filtered, off_policy = 0, 0, 0  # off_policy: kept rollouts of a prefetched batch
     gen_s = reward_s = 0.0
     while len(kept.prompts) < want:
         rounds += 1
-        items = run.sampler.take(want - len(kept.prompts) if cfg.algorithm.filter_groups else want)
-        seed = cfg.trainer.seed * 1_000_003 + step * 101 + rounds
-        batch, g_s, r_s = generate_and_score(run, items, _sampling(cfg, seed), run.train_data)
-        gen_s, reward_s = gen_s + g_s, reward_s + r_s
+        prefetched = run.prefetch
+        if prefetched is not None:  # one step off-policy: sampled during the last step's update
+            run.prefetch = None
+            # The next step's, now: the same weights sample it beside these rewards' wait and the update.
+            if step + 1 < run.total_steps:
+                _prefetch(run, step + 1)
+            t0 = time.perf_counter()
+            batch, timing["gen_overlapped"], _ = prefetched.batch.result()
+            # Its generation ended before the last sync (phase 6 waits for it): what is left is the rewards' wait.
+            reward_s += time.perf_counter() - t0
+        else:
+            items = run.resume_items or run.sampler.take(want - len(kept.prompts) if cfg.algorithm.filter_groups
+                                                         else want)  # fmt: skip
+            run.resume_items = None
+            batch, g_s, r_s = generate_and_score(run, items, _sampling(cfg, _round_seed(cfg, step, rounds)),
+                                                 run.train_data)  # fmt: skip
+            gen_s, reward_s = gen_s + g_s, reward_s + r_s
         for p_index, prompt in enumerate(batch.prompts):
             group = [r for r in batch.rollouts if r.prompt_index == p_index]
             scores = [r.score for r in group if r.score is not None]
@@ -474,12 +557,20 @@ def grpo_step(run: GRPORun) -> dict[str, float]:
                 continue
             new_index = len(kept.prompts)
             kept.prompts.append(prompt)
+            off_policy += len(group) if prefetched is not None else 0
             for r in group:
                 r.prompt_index = new_index
                 kept.rollouts.append(r)
         if not cfg.algorithm.filter_groups or rounds >= cfg.algorithm.max_num_gen_batches:
             break
     timing["gen"], timing["reward"] = gen_s, reward_s
+    if (
+        cfg.trainer.one_step_off_policy
+        and run.prefetch is None
+        and kept.rollouts
+        and step + 1 < run.total_steps
+    ):
+        _prefetch(run, step + 1)  # the next step's first batch, sampled while this one trains
     if not kept.rollouts:
         run.counters["steps_without_signal"] += 1
         return {"batch/filtered_groups": float(filtered), "batch/num_gen_batches": float(rounds),
@@ -491,11 +582,17 @@ def grpo_step(run: GRPORun) -> dict[str, float]:
     table_rollouts = kept.rollouts[: cfg.trainer.log_train_generations]
     table_renders = _submit_renders(run, table_rollouts)
 
-    # 3. log-probs of the sampling policy (unless the update is on-policy) and of the reference
+    # 3. log-probs of the sampling policy (unless the update is on-policy, or the engine's stand in for them)
+    # and of the reference
     on_policy = _on_policy(cfg, len(kept.prompts))
+    bypass = not on_policy and cfg.algorithm.rollout_correction.bypass_mode
     t0 = time.perf_counter()
     token_entropy: list[float] = []
-    old = None if on_policy else _logprobs(run.learners, run, kept, trainable, entropy=token_entropy)
+    old = None
+    if bypass:
+        old = _rollout_logprobs(run, kept, trainable)
+    elif not on_policy:
+        old = _logprobs(run.learners, run, kept, trainable, entropy=token_entropy)
     timing["old_log_prob"] = time.perf_counter() - t0
     ref = None
     if run.reference is not None:
@@ -550,8 +647,8 @@ def grpo_step(run: GRPORun) -> dict[str, float]:
                     ref_logprobs=[ref[pos_of[i]] for i in share] if ref is not None else None,
                 )  # fmt: skip
                 per_rank.append((mbs, loss, normalizer))
-            # On-policy: entropy of the sampling policy from this (pre-update) forward, phase 3 having been skipped.
-            out = run.learners.call("train_step", per_rank_args=per_rank, with_entropy=on_policy)[0]
+            # Phase 3 skipped: entropy from this forward (of the sampling policy when on-policy).
+            out = run.learners.call("train_step", per_rank_args=per_rank, with_entropy=on_policy or bypass)[0]
             grad_norms.append(out["grad_norm"])
             lrs.append(out["lr"])
             skipped += int(out["skipped"])
@@ -566,7 +663,12 @@ def grpo_step(run: GRPORun) -> dict[str, float]:
     timing["update_actor"] = time.perf_counter() - t0
     run.skipped_in_a_row = run.skipped_in_a_row + 1 if skipped else 0
 
-    # 6. weights to the rollout engine
+    # 6. weights to the rollout engine, once it has sampled the prefetched batch (its mailbox is in order anyway;
+    # waiting here keeps the channel's timeout for the transfer itself)
+    if run.prefetch is not None:
+        t0 = time.perf_counter()
+        wait_all(run.prefetch.pending.futures)
+        timing["wait_rollout"] = time.perf_counter() - t0
     sent_before = run.counters["weight_sync/buckets"], run.counters["weight_sync/bytes"]
     timing["update_weights"] = _sync_weights(run)
     timing["step"] = time.perf_counter() - t_step
@@ -576,7 +678,9 @@ def grpo_step(run: GRPORun) -> dict[str, float]:
     for name, values in aggregated.items():
         if values:  # the mean over mini-batches of the loss_agg_mode value, as verl reduces its actor metrics
             metrics[f"actor/{name}"] = statistics.fmean(values)
-    metrics["actor/old_log_prob_recomputed"] = float(not on_policy)
+    metrics["actor/old_log_prob_recomputed"] = float(not on_policy and not bypass)
+    if cfg.trainer.one_step_off_policy:  # rollouts of this step sampled by the weights before the last update
+        metrics["batch/off_policy_rollouts"] = float(off_policy)
     if not cfg.rollout.hybrid_engine:  # split placement: what this step's sync sent over the weight channel
         metrics["weight_sync/buckets"] = float(run.counters["weight_sync/buckets"] - sent_before[0])
         metrics["weight_sync/bytes"] = float(run.counters["weight_sync/bytes"] - sent_before[1])
@@ -584,6 +688,41 @@ def grpo_step(run: GRPORun) -> dict[str, float]:
         # Of the sampling policy, per response token (on-policy: actor/entropy came with the update's stats).
         metrics["actor/entropy"] = statistics.fmean(token_entropy)
     return metrics
+
+
+def _rollout_logprobs(run: GRPORun, batch: TrainBatch, order: list[int]) -> list[torch.Tensor]:
+    """``algorithm.rollout_correction.bypass_mode``: the engine's log-probs of ``order``'s responses, as the
+    learner's phase 3 would return them.
+
+    Raises:
+        UserError: the engine gave none (or not one per token) for a response.
+    """
+    out = []
+    for k in order:
+        r = batch.rollouts[k]
+        if r.logprobs is None or len(r.logprobs) != len(r.token_ids):
+            got = "none" if r.logprobs is None else f"{len(r.logprobs)} for {len(r.token_ids)} tokens"
+            raise UserError(f"algorithm.rollout_correction.bypass_mode=true takes the old log-probs from the "
+                            f"rollout engine, but rollout.name={run.cfg.rollout.name} returned {got} for a "
+                            f"response of item {r.item_index}")  # fmt: skip
+        out.append(torch.tensor(r.logprobs, dtype=torch.float32))
+    return out
+
+
+def _round_seed(cfg: JobConfig, step: int, rounds: int) -> int:
+    """The sampling seed of a step's ``rounds``-th generation round (so a resumed run samples the same)."""
+    return cfg.trainer.seed * 1_000_003 + step * 101 + rounds
+
+
+def _prefetch(run: GRPORun, step: int) -> None:
+    """``trainer.one_step_off_policy``: submits ``step``'s first round now, with the rollout's current weights
+    (those before the update that follows), and scores its chunks in the collector thread as they arrive."""
+    cfg = run.cfg
+    items = run.sampler.take(cfg.data.train_batch_size)
+    pending = submit_generation(run, items, _sampling(cfg, _round_seed(cfg, step, 1)), run.train_data)
+    run.prefetch = Prefetch(
+        pending, run.collector.submit(collect_and_score, run, pending, run.train_data), items
+    )
 
 
 def _stats(prefix: str, values: Sequence[float]) -> dict[str, float]:
@@ -702,15 +841,24 @@ def train(run: GRPORun) -> None:
             raise UserError(f"stopping at step {run.step}: {run.skipped_in_a_row} updates in a row had a non-finite "
                             "gradient (NaN/inf loss); lower actor.optim.lr or check the data")  # fmt: skip
         if last or (cfg.trainer.save_freq > 0 and run.step % cfg.trainer.save_freq == 0):
-            extra = {"step": run.step, "sampler": run.sampler.state()}
-            run.learners.call("save_checkpoint", per_rank_args=[(str(run.ckpt_root),)] * run.world_size,
-                              extra=extra, keep=cfg.trainer.max_actor_ckpt_to_keep)  # fmt: skip
+            save_checkpoint(run)
     # A plain Hugging Face folder of the final policy (from_pretrained, vLLM, codepercept-rl eval --model).
     run.learners.call("export_hf", per_rank_args=[(str(run.run_dir / "hf"),)] * run.world_size)
 
 
+def save_checkpoint(run: GRPORun) -> None:
+    """A checkpoint of every rank at ``run.step``, with the sampler's position and, one step off-policy, the
+    prompts of the batch in flight (its samples are not kept: a resumed run samples those prompts again, with the
+    restored weights)."""
+    extra = {"step": run.step, "sampler": run.sampler.state(),
+             "prefetched": list(run.prefetch.items) if run.prefetch is not None else []}  # fmt: skip
+    run.learners.call("save_checkpoint", per_rank_args=[(str(run.ckpt_root),)] * run.world_size, extra=extra,
+                      keep=run.cfg.trainer.max_actor_ckpt_to_keep)  # fmt: skip
+
+
 def cleanup(run: GRPORun) -> None:
     """Close the actors and the tracker."""
+    run.collector.shutdown(wait=False, cancel_futures=True)  # an unfinished prefetch dies with its actors
     for actor in (run.rollout, run.reward):
         actor.shutdown()
     if run.reference is not None:  # before the ranks it lives on stop
