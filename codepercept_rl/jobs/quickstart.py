@@ -645,7 +645,9 @@ def _gallery(out: Path, evals: dict[str, Path], scored: dict[str, dict[str, dict
             f"{head}</tr>{''.join(rows)}</table>")  # fmt: skip
 
 
-R1_PHASES = ("gen", "reward", "old_log_prob", "ref", "adv", "update_actor", "update_weights", "val_gen")
+# wait_rollout, gen_overlapped: trainer.one_step_off_policy only (the latter ran beside the steps, not in them)
+R1_PHASES = ("gen", "reward", "old_log_prob", "ref", "adv", "update_actor", "wait_rollout", "update_weights",
+             "val_gen", "gen_overlapped")  # fmt: skip
 
 
 def phase_table(out: Path, seconds: dict[str, float]) -> dict[str, float]:
