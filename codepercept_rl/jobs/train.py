@@ -532,8 +532,10 @@ def grpo_step(run: GRPORun) -> dict[str, float]:
     gen_s = reward_s = 0.0
     while len(kept.prompts) < want:
         rounds += 1
-        prefetched = run.prefetch
-        if prefetched is not None:  # one step off-policy: sampled during the last step's update
+        # One step off-policy: the first round was sampled during the last step's update (a later round must not
+        # take the prefetch the first one submitted: that is the next step's).
+        prefetched = run.prefetch if rounds == 1 else None
+        if prefetched is not None:
             run.prefetch = None
             # The next step's, now: the same weights sample it beside these rewards' wait and the update.
             if step + 1 < run.total_steps:

@@ -125,3 +125,41 @@ def test_bypass_mode_takes_the_old_log_probs_from_the_engine(r1_files, tmp_path)
         assert m["actor/old_log_prob_recomputed"] == 0.0 and m["actor/entropy"] > 0
     assert abs(steps[0]["actor/ppo_kl"]) < 1e-6  # engine and learner: the same distribution
     assert abs(steps[1]["actor/ppo_kl"]) > 100 * abs(steps[0]["actor/ppo_kl"])  # one update between them
+
+
+@pytest.mark.timeout(600)
+def test_a_later_round_of_dynamic_sampling_does_not_take_the_next_steps_prefetch(
+    r1_files, tmp_path, monkeypatch
+):
+    """One of step 1's prefetched groups scores alike and is dropped; the second round samples a prompt then and
+    there, while the batch prefetched for step 2 (submitted by the first round) stays in flight for step 2."""
+    overrides = _overrides(r1_files, tmp_path, "rounds", "ray.enabled=false", "rollout.hybrid_engine=false",
+                           "trainer.one_step_off_policy=true", "trainer.total_training_steps=3",
+                           "trainer.val_before_train=false", "data.train_batch_size=2", "actor.ppo_mini_batch_size=2",
+                           "algorithm.filter_groups=true", "algorithm.max_num_gen_batches=2",
+                           f"reward.path={TOY_REWARD.rsplit(':', 1)[0]}:flat_for_listed")  # fmt: skip
+    cfg = load_config(RECIPE, overrides, schema=JobConfig)
+    run = setup(cfg)
+    try:
+        want = cfg.data.train_batch_size
+        sampler = PromptSampler(len(run.train_data), cfg.trainer.seed, cfg.data.shuffle)
+        sampler.take(want)  # step 0's prompts
+        step1 = sampler.take(want)  # prefetched for step 1
+        step2 = sampler.take(want)  # prefetched for step 2, by step 1's first round
+        round2 = sampler.take(1)  # step 1's second round: the one prompt still missing
+        flat = next(i for i in step1 if i not in round2)
+        monkeypatch.setenv("FLAT_ITEMS", run.train_data[flat].item_id)
+        first = grpo_step(run)
+        run.step += 1
+        assert first["batch/filtered_groups"] == 0 and run.prefetch.items == step1
+        second = grpo_step(run)
+        run.step += 1
+        assert second["batch/num_gen_batches"] == 2 and second["batch/filtered_groups"] == 1
+        assert second["batch/num_prompts"] == want
+        # the kept prefetched group, and a second round sampled now (not the prefetch for step 2)
+        assert second["batch/off_policy_rollouts"] == cfg.rollout.n and second["timing_s/gen"] > 0
+        assert run.prefetch is not None and run.prefetch.items == step2
+        third = grpo_step(run)
+        assert "timing_s/gen_overlapped" in third and run.prefetch is None
+    finally:
+        cleanup(run)

@@ -25,3 +25,16 @@ def overflowing(samples, backend):
     depend on the completion's characters), so every step has a non-zero advantage."""
     scores = [3e38 * (sum(map(ord, s.completion)) % 97) / 96 for s in samples]
     return RewardOutput(scores, statuses=["ok"] * len(samples))
+
+
+def flat_for_listed(samples, backend):
+    """For dynamic sampling (tests only): answers to the items named in ``$FLAT_ITEMS`` (comma-separated item ids)
+    all score 0.5, so their groups are dropped; the others score ``digit_share`` plus a term of their characters,
+    so that different answers to one prompt score differently and their groups are kept."""
+    import os
+
+    flat = set(filter(None, os.environ.get("FLAT_ITEMS", "").split(",")))
+    out = digit_share(samples, backend)
+    scores = [0.5 if s.extra.get("item_id") in flat else v + (sum(map(ord, s.completion)) % 97) / 97
+              for s, v in zip(samples, out.scores, strict=True)]  # fmt: skip
+    return RewardOutput(scores, components=out.components, statuses=out.statuses)
