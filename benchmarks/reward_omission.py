@@ -25,10 +25,13 @@ the result: ``swap`` (a shape redrawn in its cell with another kind and colour, 
 shape right in kind and colour but in an empty cell) and ``broken`` (the full program plus one statement that
 fails at run time, as a sampled typo does).
 
-Result (40 items, 2026-12-02): omission costs *more* than a wrong addition on every item and in both graded
-terms (total drop 0.567 vs 0.298, difference +0.269, 95% CI [+0.18, +0.36]): the trace F1s and the edge F1 are
-2M / (n_ref + n_pred), so one missing of k costs 1/(2k-1) and one extra 1/(2k+1). The reward does not favour
-drawing less; a run-time error costs 3 of the 4 points.
+Result (40 items, 2026-12-03, with the code term's recall-weighted ``element_f2``): omission costs *more* than
+a wrong addition on every item and in both graded terms (total drop 0.716 vs 0.295, difference +0.421, 95% CI
+[+0.31, +0.53]; before element_f2, 0.567 vs 0.298): the trace F1s and the edge F1 are 2M / (n_ref + n_pred), so
+one missing of k costs 1/(2k-1) and one extra 1/(2k+1), and element_f2 (β = 2) charges an omission 4 times more.
+A shape drawn right but in the wrong cell now scores as an omission does (total 3.279 vs 3.284; code term
+0.719 vs 0.623), where before element_f2 it scored 0.13 more: the code term could not see positions. A run-time
+error costs 3 of the 4 points.
 
     OMP_NUM_THREADS=1 python benchmarks/reward_omission.py [--items 40] [--workers 1] [--json out.json]
 """
@@ -69,7 +72,7 @@ VARIANTS = ("full", "omit", "extra")
 # Other one-shape mistakes, for reading the result (what a sampled answer gets wrong besides omission/addition).
 OTHERS = ("swap", "moved", "broken")
 COMPONENTS = ("format", "exec", "code", "image")
-SUBTERMS = ("ssim", "edge", "pixel", "text_f1", "type_f1", "color_f1", "layout_f1")
+SUBTERMS = ("ssim", "edge", "pixel", "text_f1", "type_f1", "color_f1", "layout_f1", "element_f2")
 
 
 def shapes_code(shapes: list[dict[str, Any]]) -> str:

@@ -18,7 +18,8 @@ and makes an aspect-ratio mismatch visible as white bands, which the metrics the
 Image metrics (on canvases): ``ssim_gray``, ``ssim_rgb``, ``pixel_rms_reward`` (RLRF's R_recon),
 ``edge_similarity`` (Canny edge F1, the "edge" metric) and ``edge_recon`` (RLRF's edge term).
 Trace metrics (on tracer dicts, see docs/reward_servers_contract.md): ``text_f1``, ``type_f1``, ``color_f1``,
-``layout_f1``, gathered by ``trace_f1s``. Degenerate cases are defined: two empty sets score 1.0, one empty
+``layout_f1`` (ChartMimic's) and ``element_f2`` (the elements' kinds and positions, recall-weighted), gathered by
+``trace_f1s``. Degenerate cases are defined: two empty sets score 1.0, one empty
 set 0.0, and blank or constant images never produce NaN.
 
 Run the cost benchmark with ``python benchmarks/metrics_cost.py``; the tests with
@@ -53,6 +54,11 @@ EDGE_BLUR_SIGMA = 1.0
 TEXT_MATCH_MIN = 0.7  # fuzzy text pairs below this similarity count as unmatched
 # ΔE2000 at which colour similarity reaches 0 (for scale: red vs dark red ≈ 24, red vs blue ≈ 53).
 COLOR_DELTA_E_MAX = 40.0
+# element_f2: recall weight β, the bbox difference (share of the reference axes' span) at which a pair's
+# position term reaches 0, and what a pair of another kind (a Circle for a Rectangle) keeps.
+ELEMENT_BETA = 2.0
+ELEMENT_POSITION_TOLERANCE = 0.25
+ELEMENT_OTHER_KIND = 0.5
 MAX_TRACE_ITEMS = 256  # items per side fed to a matching; bounds the Hungarian cost on hostile traces
 MAX_TEXTS = (
     128  # fuzzy matching is O(n_ref * n_pred) SequenceMatcher calls: ~0.3 s at 128 x 128 similar strings
@@ -256,11 +262,12 @@ def edge_recon(a: ImageLike, b: ImageLike, size: int = CANVAS_SIZE) -> float:
 # never raise here. Each side is cut to MAX_TRACE_ITEMS items to bound the matching cost.
 
 
-def soft_f1(sim: np.ndarray) -> float:
-    """F1 of a best one-to-one matching under a similarity matrix (rows: reference, columns: prediction).
+def soft_f1(sim: np.ndarray, beta: float = 1.0) -> float:
+    """F1 (F-beta) of a best one-to-one matching under a similarity matrix (rows: reference, columns: prediction).
 
     The matching maximises the summed similarity (Hungarian algorithm); with M that sum,
-    P = M / n_pred, R = M / n_ref and F1 = 2PR / (P + R) = 2M / (n_ref + n_pred).
+    P = M / n_pred, R = M / n_ref and F1 = 2PR / (P + R) = 2M / (n_ref + n_pred). With ``beta`` the F-beta
+    (1 + β²)PR / (β²P + R) = (1 + β²)M / (β² n_ref + n_pred): recall counts β times as much as precision.
     Both sides empty -> 1.0; one side empty -> 0.0. Entries are clipped to [0, 1], NaN / inf read as 0
     (similarities built from a tampered trace must not break the assignment).
     """
@@ -271,7 +278,8 @@ def soft_f1(sim: np.ndarray) -> float:
     if n_ref == 0 or n_pred == 0:
         return 0.0
     rows, cols = linear_sum_assignment(sim, maximize=True)
-    return float(2.0 * sim[rows, cols].sum() / (n_ref + n_pred))
+    b2 = beta * beta
+    return float((1.0 + b2) * sim[rows, cols].sum() / (b2 * n_ref + n_pred))
 
 
 def _items(trace: Mapping[str, Any] | None, key: str, kind: type) -> list[Any]:
@@ -445,6 +453,78 @@ def layout_f1(reference: Sequence[Mapping[str, Any]], prediction: Sequence[Mappi
     return soft_f1(sim)
 
 
+def _axes_spans(trace: Mapping[str, Any] | None) -> list[tuple[float, float]]:
+    """(x span, y span) of each traced axes from its ``xlim`` / ``ylim``; 1.0 where a limit is missing or bad."""
+
+    def span(lim: Any) -> float:
+        ok = isinstance(lim, list) and len(lim) == 2 and all(isinstance(v, int | float) for v in lim)
+        width = abs(float(lim[1]) - float(lim[0])) if ok else 0.0
+        return width if 0.0 < width < 1e12 else 1.0  # False for NaN / inf: a bad limit falls back to 1
+
+    return [(span(ax.get("xlim")), span(ax.get("ylim"))) for ax in _items(trace, "axes", dict)]
+
+
+def _geometry(trace: Mapping[str, Any] | None) -> list[tuple[str, str, int | None, np.ndarray | None]]:
+    """(type, kind, axes index, bbox [x0, y0, x1, y1] in data coordinates or None) per drawn element, texts
+    aside; an ill-formed bbox reads as None."""
+    out = []
+    for el in _items(trace, "elements", dict):
+        if el.get("type") == "text":
+            continue
+        bbox, axes = el.get("bbox"), el.get("axes")
+        ok = isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, int | float) for v in bbox)
+        box = np.asarray(bbox, dtype=np.float64) if ok else None
+        if box is not None and not (np.isfinite(box).all() and np.abs(box).max() <= 1e12):
+            box = None
+        index = axes if isinstance(axes, int) and not isinstance(axes, bool) else None
+        out.append((str(el.get("type")), str(el.get("kind")), index, box))
+    return out[:MAX_TRACE_ITEMS]
+
+
+def element_similarity(
+    reference: Mapping[str, Any] | None, prediction: Mapping[str, Any] | None
+) -> np.ndarray:
+    """(n_ref, n_pred) similarities of the drawn elements (texts aside) of two traces, in [0, 1].
+
+    A pair scores 0 unless both are of the same ``type`` (patch, line, collection ...) on the same axes. Its
+    position term is max(0, 1 - d / ``ELEMENT_POSITION_TOLERANCE``), d the largest difference of the four bbox
+    coordinates in data units over the reference axes' span on that side (a shape one cell off on a 3x3 grid
+    scores 0, a bar one unit off on a 0-6 axis 1/3); two elements without a bbox count as placed alike, one
+    without as misplaced. A different ``kind`` (a Circle where a Rectangle is) halves it.
+    """
+    ref, pred = _geometry(reference), _geometry(prediction)
+    sim = np.zeros((len(ref), len(pred)))
+    if not ref or not pred:
+        return sim
+    spans = _axes_spans(reference)
+    for i, (rtype, rkind, raxes, rbox) in enumerate(ref):
+        sx, sy = spans[raxes] if raxes is not None and 0 <= raxes < len(spans) else (1.0, 1.0)
+        scale = np.array([sx, sy, sx, sy])
+        for j, (ptype, pkind, paxes, pbox) in enumerate(pred):
+            if ptype != rtype or paxes != raxes:
+                continue
+            if rbox is None or pbox is None:
+                place = 1.0 if rbox is None and pbox is None else 0.0
+            else:
+                d = float(np.max(np.abs(rbox - pbox) / scale))
+                place = max(0.0, 1.0 - d / ELEMENT_POSITION_TOLERANCE)
+            sim[i, j] = place * (1.0 if pkind == rkind else ELEMENT_OTHER_KIND)
+    return sim
+
+
+def element_f2(reference: Mapping[str, Any] | None, prediction: Mapping[str, Any] | None) -> float:
+    """Recall-weighted soft F-beta (β = ``ELEMENT_BETA`` = 2) of the drawn elements matched one-to-one by
+    ``element_similarity``: how many of the reference's elements the prediction draws, of the right kind, in
+    the right place.
+
+    Recall weighs 4 times precision (β²), so an element left out costs more than a wrong one drawn: with k
+    reference elements, omitting one scores 5(k-1)/(5k-1) and adding a wrong one 5k/(5k+1) (k = 2: 0.56 and
+    0.91), and drawing an uncertain element pays once its similarity is above (k-1)/(5k-1) (0.11 at k = 2)
+    where F1 asks for (k-1)/(2k-1) (0.33). Both without elements -> 1.0, one without -> 0.0.
+    """
+    return soft_f1(element_similarity(reference, prediction), beta=ELEMENT_BETA)
+
+
 def drawn_elements(trace: Mapping[str, Any] | None) -> int:
     """How many elements a render drew, texts aside (shapes, bars, lines, markers ...: the trace's user
     elements of any type but ``text``; texts are ``text_f1``'s). A diagnostic, in no score: with the reference's
@@ -453,7 +533,8 @@ def drawn_elements(trace: Mapping[str, Any] | None) -> int:
 
 
 def trace_f1s(reference: Mapping[str, Any] | None, prediction: Mapping[str, Any] | None) -> dict[str, float]:
-    """The four trace F1s (text_f1, type_f1, color_f1, layout_f1) of a prediction against a reference."""
+    """The trace scores of a prediction against a reference: ChartMimic's four F1s (text_f1, type_f1, color_f1,
+    layout_f1) and element_f2 (``element_f2``)."""
     ref_calls = reference.get("calls") if isinstance(reference, Mapping) else None
     pred_calls = prediction.get("calls") if isinstance(prediction, Mapping) else None
     return {
@@ -461,6 +542,7 @@ def trace_f1s(reference: Mapping[str, Any] | None, prediction: Mapping[str, Any]
         "type_f1": type_f1(ref_calls or {}, pred_calls or {}),
         "color_f1": color_f1(element_colors(reference), element_colors(prediction)),
         "layout_f1": layout_f1(_items(reference, "axes", dict), _items(prediction, "axes", dict)),
+        "element_f2": element_f2(reference, prediction),
     }
 
 

@@ -10,14 +10,17 @@ Rewards, each a score in [0, 1] plus named metrics (raw values, before any mappi
   (``ssim``: grayscale SSIM; ``edge``: Canny edge F1; ``pixel``: RLRF's R_recon in [-1, 1]). The edge F1
   carries half the weight because SSIM and pixel correlation are inflated by the white background that
   dominates STEM figures (a blank page gets SSIM ≈ 0.8 against a sparse line chart). When the reference
-  has a trace, score = 0.5·image + 0.5·trace, trace being the mean of the four trace F1s of the render's
-  trace against it. Cost: ≈ 30-40 ms a call for a 640x480 render on one core, about a third of it PNG
+  has a trace, score = 0.5·image + 0.5·trace, trace being 0.5·element_f2 + 0.5·(the mean of ChartMimic's four
+  trace F1s) of the render's trace against it. Cost: ≈ 30-40 ms a call for a 640x480 render on one core, about a third of it PNG
   decoding, ≈ 60-75 ms with a 200-element trace (``python benchmarks/metrics_cost.py``).
 - ``ssim``: clip(grayscale SSIM, 0, 1). ``pixel``: (R_recon + 1) / 2. ``edge``: the Canny edge F1.
 - ``rlrf``: RLRF's image reward, (R_recon + R_edge) / 2 in [-1, 1], mapped affinely to [0, 1] by (x + 1) / 2
   (affine, so GRPO's within-group normalised advantages are the same as with the raw reward).
 - ``exec``: 1.0 whenever the code ran and drew a figure (status ``ok``).
-- ``trace``: mean of text_f1, type_f1, color_f1, layout_f1; needs a reference render with a trace.
+- ``trace``: 0.5·element_f2 + 0.5·mean(text_f1, type_f1, color_f1, layout_f1); needs a reference render with a
+  trace. element_f2 (``metrics.element_f2``) matches the drawn elements by type, kind and bbox, recall
+  weighted (β = 2): the four F1s see neither kinds nor positions, which the paper's code judge gives half its
+  points (element counts 20, positions 30), and F1 made leaving out an uncertain element pay (see the metric).
 
 With a reference trace, ``render`` and ``trace`` also report ``elements`` and ``ref_elements`` (how many elements
 the render and the reference drew, texts aside) and ``elements_ratio``: diagnostics in no score, that show an
@@ -50,7 +53,11 @@ if TYPE_CHECKING:
 MAX_PIXELS = 40_000_000
 RENDER_WEIGHTS = {"ssim": 0.25, "edge": 0.5, "pixel": 0.25}
 TRACE_WEIGHT = 0.5
-TRACE_KEYS = ("text_f1", "type_f1", "color_f1", "layout_f1")
+TRACE_KEYS = ("text_f1", "type_f1", "color_f1", "layout_f1")  # ChartMimic's four F1s, averaged
+# Share of ``trace`` that element_f2 (kinds and positions of the drawn elements) carries; the four F1s share the
+# rest. The paper's code judge gives element counts and positions 50 of its 100 points, and the four F1s see
+# neither (an answer with every shape of the wrong kind, colour and cell scored trace 0.75 without it).
+ELEMENT_WEIGHT = 0.5
 
 Scorer = Callable[
     ["RenderResult", "np.ndarray | None", "RenderResult | None"], tuple[float, dict[str, float]]
@@ -137,11 +144,12 @@ def score_blend(
 
 
 def _trace_terms(ref_trace: Mapping[str, Any], trace: Any) -> dict[str, float]:
-    """The four trace F1s, their mean ``trace``, and (diagnostics, in no score) ``elements`` / ``ref_elements``
+    """The trace scores, their blend ``trace``, and (diagnostics, in no score) ``elements`` / ``ref_elements``
     drawn by the render and the reference, texts aside, and their ratio ``elements_ratio`` (when the reference
     drew any)."""
     out = metrics.trace_f1s(ref_trace, trace)
-    out["trace"] = sum(out[k] for k in TRACE_KEYS) / len(TRACE_KEYS)
+    chartmimic = sum(out[k] for k in TRACE_KEYS) / len(TRACE_KEYS)
+    out["trace"] = ELEMENT_WEIGHT * out["element_f2"] + (1.0 - ELEMENT_WEIGHT) * chartmimic
     drawn, ref_drawn = metrics.drawn_elements(trace), metrics.drawn_elements(ref_trace)
     out["elements"], out["ref_elements"] = float(drawn), float(ref_drawn)
     if ref_drawn:
@@ -197,7 +205,7 @@ def score_exec(
 def score_trace(
     render: RenderResult, target: np.ndarray | None, reference: RenderResult | None
 ) -> tuple[float, dict[str, float]]:
-    """Mean of the four trace F1s against the reference render's trace."""
+    """The ``trace`` blend (module docstring) against the reference render's trace."""
     ref_trace = _reference_trace(reference)
     if ref_trace is None:
         raise ValueError(

@@ -9,8 +9,9 @@ Per-item scores are on the paper's 0-100 scale:
 - ``exec``: 100 if the code ran and drew a figure (sandbox status ``ok``), else 0;
 - ``image``: deterministic render similarity, 100 x the reward pool's ``render`` image blend
   (0.25 SSIM + 0.5 edge F1 + 0.25 pixel; ``reward_servers/scoring.py``) of the render against the bench image;
-- ``code``: deterministic code score, 100 x the mean of the four ChartMimic-style trace F1s (text, type, colour,
-  layout) of the answer's execution trace against the reference code's trace;
+- ``code``: deterministic code score, 100 x the reward pool's ``trace`` score of the answer's execution trace
+  against the reference code's: half the mean of the four ChartMimic-style trace F1s (text, type, colour,
+  layout), half ``element_f2`` (the drawn elements' kinds and positions, recall-weighted);
 - ``image_judge`` / ``code_judge``: the LLM judges' verdicts x 100, when a judge is configured. As in the paper,
   the image judge is not asked (the score is 0) when the code did not render; the code judge sees any code.
 

@@ -13,9 +13,14 @@ Substitution without a judge (and, per sample, when the judge fails; the sample'
 - r_image := the reward service's "render" image blend 0.25 clip(SSIM, 0, 1) + 0.5 edge-F1 + 0.25 (R_recon+1)/2
   on a 256x256 canvas (``reward_servers/scoring.py``); edge F1 carries half the weight because SSIM and
   pixel terms are inflated by the white background of STEM figures.
-- r_code := the mean of four F1s between the execution traces of the generated and the reference code:
-  drawn texts, plotting-call types, element colours (CIEDE2000) and axes layout (ChartMimic's low-level
-  metrics). It needs the reference code; without one r_code is left out (None, adds 0 to every sample of
+- r_code := a score in [0, 1] of the generated code's execution trace against the reference code's: half the
+  mean of four F1s (drawn texts, plotting-call types, element colours by CIEDE2000 and axes layout: ChartMimic's
+  low-level metrics), half ``element_f2``, a recall-weighted (β = 2) soft F-beta of the drawn elements matched by
+  type, kind and bbox (``reward_servers/metrics.py``). The element half was added because the four F1s see
+  neither what kind of shape is drawn nor where (an answer with every shape of the wrong kind, colour and place
+  scored 0.75), which the paper's code judge gives half its points (element counts 20, positions 30), and
+  because with F1 alone leaving out an element the policy is unsure of paid off under sampling, so GRPO learnt
+  to draw less than the reference. It needs the reference code; without one r_code is left out (None, adds 0 to every sample of
   the group alike, so GRPO advantages are unaffected).
 
 These stand-ins are deterministic and cheap but are not the paper's judge: they reward pixel and trace
@@ -51,8 +56,8 @@ if TYPE_CHECKING:
 CODEPERCEPT_WEIGHTS = {"format": 1.0, "exec": 1.0, "code": 1.0, "image": 1.0}
 # Logged beside the four terms, in no score; ``elements`` / ``ref_elements`` / ``elements_ratio``: how much the
 # answer drew against its reference (texts aside), to see a policy that learns to draw less.
-_DIAGNOSTICS = ("ssim", "edge", "pixel", "text_f1", "type_f1", "color_f1", "layout_f1", "elements", "ref_elements",
-                "elements_ratio")  # fmt: skip
+_DIAGNOSTICS = ("ssim", "edge", "pixel", "text_f1", "type_f1", "color_f1", "layout_f1", "element_f2",
+                "elements", "ref_elements", "elements_ratio")  # fmt: skip
 
 
 @register_reward("codepercept")

@@ -12,7 +12,7 @@ with the sample's target image (or, without one, with the render of the referenc
       ssim    clip(grayscale SSIM, 0, 1) on the 256x256 canvas             (0.2)
       edge    Canny edge F1                                               (0.3)
       pixel   (R_recon + 1) / 2, RLRF's normalised-RMS term mapped to [0, 1] (0.2)
-      trace   mean of the trace F1s (text, type, colour, layout) against the reference code (0; needs it)
+      trace   the pool's trace score (element_f2 and the four trace F1s) against the reference code (0; needs it)
 
   so the defaults range over [0, 1]. Image components are 0 when the code did not render.
 - ``rlrf`` (StarVector's RLRF, arXiv 2505.20793, without its model-based DreamSim term)::
@@ -50,7 +50,6 @@ if TYPE_CHECKING:
 
 RENDER_SIMILARITY_WEIGHTS = {"format": 0.1, "exec": 0.2, "ssim": 0.2, "edge": 0.3, "pixel": 0.2, "trace": 0.0}
 RLRF_WEIGHTS = {"recon": 1 / 3, "edge": 1 / 3, "length": 1 / 3}
-TRACE_KEYS = ("text_f1", "type_f1", "color_f1", "layout_f1")
 
 
 def _usable(sample: RewardSample, table: Table, i: int) -> bool:
@@ -154,8 +153,7 @@ class RenderSimilarityReward:
                 pixel=(m["pixel"] + 1.0) / 2.0 if ok else 0.0,
             )
             if with_trace and samples[i].reference_code is not None:
-                trace = [m[k] for k in TRACE_KEYS if k in m]
-                table.set(i, trace=sum(trace) / len(trace) if ok and trace else 0.0)
+                table.set(i, trace=m.get("trace", 0.0) if ok else 0.0)
             table.scores[i] = table.weigh(i, self.weights)
         return table.output()
 

@@ -278,11 +278,72 @@ def test_trace_f1s_on_a_hand_made_trace_and_on_garbage():
         "elements": [{"type": "line", "color": "#1f77b4"}],
         "texts": ["Sine"],
     }
-    assert M.trace_f1s(ref, ref) == {"text_f1": 1.0, "type_f1": 1.0, "color_f1": 1.0, "layout_f1": 1.0}
+    keys = ("text_f1", "type_f1", "color_f1", "layout_f1", "element_f2")
+    assert M.trace_f1s(ref, ref) == dict.fromkeys(keys, 1.0)
     for garbage in (None, {}, {"axes": "x", "calls": [1], "elements": 3, "texts": {"a": 1}}, [1, 2]):
-        scores = M.trace_f1s(ref, garbage)
-        assert scores == {"text_f1": 0.0, "type_f1": 0.0, "color_f1": 0.0, "layout_f1": 0.0}, garbage
-    assert M.trace_f1s({}, {}) == {"text_f1": 1.0, "type_f1": 1.0, "color_f1": 1.0, "layout_f1": 1.0}
+        assert M.trace_f1s(ref, garbage) == dict.fromkeys(keys, 0.0), garbage
+    assert M.trace_f1s({}, {}) == dict.fromkeys(keys, 1.0)
+
+
+def _shapes_trace(*shapes: tuple[str, float, float]) -> dict:
+    """A 3x3-grid trace (xlim, ylim 0-3) of patches (kind, x0, y0), each 0.8 wide, as the tracer writes them."""
+    elements = [
+        {"type": "patch", "kind": kind, "axes": 0, "color": "#008000", "bbox": [x, y, x + 0.8, y + 0.8]}
+        for kind, x, y in shapes
+    ]
+    axes = [{"grid": [1, 1, 0, 1, 0, 1], "xlim": [0.0, 3.0], "ylim": [0.0, 3.0]}]
+    return {"axes": axes, "calls": {"add_patch": len(shapes)}, "elements": elements, "texts": []}
+
+
+def test_element_f2_hand_computed():
+    ref = _shapes_trace(("Circle", 0.1, 2.1), ("Rectangle", 2.1, 2.1))
+    assert M.element_f2(ref, ref) == 1.0
+    # k = 2: one left out 5(k-1)/(5k-1) = 5/9, one wrong added 5k/(5k+1) = 10/11 (recall weighs 4x)
+    assert M.element_f2(ref, _shapes_trace(("Circle", 0.1, 2.1))) == pytest.approx(5 / 9)
+    extra = _shapes_trace(("Circle", 0.1, 2.1), ("Rectangle", 2.1, 2.1), ("Polygon", 1.1, 0.1))
+    assert M.element_f2(ref, extra) == pytest.approx(10 / 11)
+    # one cell off (1/3 of the span, past the 0.25 tolerance) matches nothing: 5·1 / (4·2 + 2)
+    moved = _shapes_trace(("Circle", 0.1, 2.1), ("Rectangle", 1.1, 2.1))
+    assert M.element_f2(ref, moved) == pytest.approx(0.5)
+    # a tenth of a cell off keeps 1 - (0.1/3)/0.25 of the pair; another kind halves it
+    nudged = _shapes_trace(("Circle", 0.1, 2.1), ("Rectangle", 2.2, 2.1))
+    assert M.element_f2(ref, nudged) == pytest.approx((1 + 1 - 0.1 / 3 / 0.25) / 2)
+    kind = _shapes_trace(("Circle", 0.1, 2.1), ("Circle", 2.1, 2.1))
+    assert M.element_f2(ref, kind) == pytest.approx(0.75)
+    # a lines' element does not pair with a patch, nor one on another axes
+    assert M.element_f2(ref, dict(ref, elements=[dict(e, type="line") for e in ref["elements"]])) == 0.0
+    assert M.element_f2(ref, dict(ref, elements=[dict(e, axes=1) for e in ref["elements"]])) == 0.0
+    # texts are text_f1's, not elements
+    with_text = dict(ref, elements=[*ref["elements"], {"type": "text", "kind": "Text", "bbox": [0, 0, 1, 1]}])
+    assert M.element_f2(ref, with_text) == 1.0
+    assert M.element_f2({}, {}) == 1.0 and M.element_f2(ref, {}) == 0.0
+
+
+def test_element_f2_scales_positions_by_the_reference_axes():
+    # a bar one unit off on a 0-6 axis: d = 1/6, position term 1 - (1/6) / 0.25 = 1/3
+    def bars(h: float) -> dict:
+        el = {"type": "patch", "kind": "Rectangle", "axes": 0, "bbox": [-0.4, 0.0, 0.4, h]}
+        return {"axes": [{"xlim": [-0.5, 0.5], "ylim": [0.0, 6.0]}], "elements": [el]}
+
+    assert M.element_f2(bars(4.0), bars(5.0)) == pytest.approx(1 / 3)
+    # no limits: a span of 1 data unit
+    no_limits = {"elements": bars(4.0)["elements"]}
+    assert M.element_f2(
+        no_limits, {"elements": [dict(no_limits["elements"][0], bbox=[-0.4, 0.0, 0.4, 4.1])]}
+    ) == (pytest.approx(1 - 0.1 / 0.25))
+
+
+@pytest.mark.parametrize(
+    "bbox",
+    [None, [0, 0, 1], [float("nan"), 0, 1, 1], [0, 0, float("inf"), 1], [0, 0, 1e300, 1], ["0", 0, 1, 1]],
+)
+@pytest.mark.parametrize("limit", [None, [0, 0], [0, float("nan")], ["0", 3], [0, 1e300]])
+def test_element_f2_survives_hostile_boxes_and_limits(bbox, limit):
+    ref = _shapes_trace(("Circle", 0.1, 2.1))
+    hostile = {"axes": [{"xlim": limit, "ylim": limit}], "elements": [dict(ref["elements"][0], bbox=bbox)]}
+    assert M.element_f2(ref, hostile) == 0.0  # a bad box is a misplaced element, never a better one
+    assert 0.0 <= M.element_f2(hostile, ref) <= 1.0
+    assert M.element_f2(hostile, hostile) == 1.0
 
 
 @pytest.mark.parametrize(

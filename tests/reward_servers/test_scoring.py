@@ -187,8 +187,19 @@ def test_trace_f1s_join_the_blend_when_the_reference_has_a_trace(pngs, target):
     other = dict(SINE_TRACE, texts=["Sine", "extra"], calls={"plot": 1, "set_title": 1, "scatter": 1})
     score, m = score_render(Render(images=[pngs["sine"]], trace=other), target, reference)
     assert m["text_f1"] == pytest.approx(2 / 3) and m["type_f1"] == pytest.approx(0.8)
-    assert m["trace"] == pytest.approx((2 / 3 + 0.8 + 1 + 1) / 4)
+    assert m["element_f2"] == 1.0  # the same line, in the same place
+    assert m["trace"] == pytest.approx(0.5 * 1.0 + 0.5 * (2 / 3 + 0.8 + 1 + 1) / 4)
     assert score == pytest.approx(0.5 * m["image"] + 0.5 * m["trace"])
+    # the same calls, texts and colour, but the line drawn elsewhere: only element_f2 sees it
+    line = {"type": "line", "kind": "Line2D", "axes": 0, "color": "#1f77b4", "bbox": [0.0, -1.0, 6.0, 1.0]}
+    axes = [dict(SINE_TRACE["axes"][0], xlim=[0.0, 6.0], ylim=[-1.0, 1.0])]
+    placed = dict(SINE_TRACE, axes=axes, elements=[line])
+    moved = dict(placed, elements=[dict(line, bbox=[3.0, -1.0, 9.0, 1.0])])
+    _, m = score_render(
+        Render(images=[pngs["sine"]], trace=moved), target, Render(images=[pngs["sine"]], trace=placed)
+    )
+    assert m["text_f1"] == m["type_f1"] == m["color_f1"] == m["layout_f1"] == 1.0
+    assert m["element_f2"] == 0.0 and m["trace"] == pytest.approx(0.5)
 
 
 def test_a_missing_trace_cannot_raise_the_score(pngs, target):
@@ -203,8 +214,8 @@ def test_a_missing_trace_cannot_raise_the_score(pngs, target):
 def test_trace_reward(pngs):
     reference = Render(images=[pngs["sine"]], trace=SINE_TRACE)
     score, m = score_render(Render(images=[pngs["bars"]], trace=SINE_TRACE), None, reference, "trace")
-    assert score == 1.0 and set(m) == {"text_f1", "type_f1", "color_f1", "layout_f1", "trace", "elements",
-                                       "ref_elements", "elements_ratio"}  # fmt: skip
+    assert score == 1.0 and set(m) == {"text_f1", "type_f1", "color_f1", "layout_f1", "element_f2", "trace",
+                                       "elements", "ref_elements", "elements_ratio"}  # fmt: skip
     assert m["elements"] == m["ref_elements"] > 0 and m["elements_ratio"] == 1.0  # diagnostics, in no score
     with pytest.raises(ValueError, match="reference"):
         score_render(

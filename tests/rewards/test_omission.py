@@ -6,9 +6,12 @@ GRPO rollout is (registered target image, ``target_id`` + ``reference_code``). N
 
 What holds per item, and why: the code term's trace F1s are 2M / (n_ref + n_pred). With k reference shapes,
 omitting one gives 2(k-1)/(2k-1) and adding one 2k/(2k+1), so omission always costs more, by
-1/(2k-1) - 1/(2k+1) > 0 per F1 (exact, geometry-free). The image term's edge F1 follows the same formula for
-edge pixels, so it agrees on average (measured per item too, on 40 items, min margin +0.009), but it depends on
-shape sizes, so only its mean is asserted. ``python benchmarks/reward_omission.py`` prints the full table.
+1/(2k-1) - 1/(2k+1) > 0 per F1 (exact, geometry-free). Its recall-weighted element term (``element_f2``, β = 2)
+gives 5(k-1)/(5k-1) and 5k/(5k+1), and (k-1)/k for a shape drawn right but in an empty cell, so that drawing a
+shape in the wrong place never scores below leaving it out: the guess R1 must not learn to skip. The image
+term's edge F1 follows the F1 formula for edge pixels, so it agrees on average (measured per item too, on 40
+items, min margin +0.009), but it depends on shape sizes, so only its mean is asserted.
+``python benchmarks/reward_omission.py`` prints the full table.
 """
 
 from __future__ import annotations
@@ -47,7 +50,8 @@ def _programs() -> list:
 
 def _variants(prog) -> dict[str, str]:
     """full; omit: the middle shape statement deleted; extra: a shape of an unused kind (if any) and an unused
-    colour in an empty cell, appended (statement edits on the generator's own code)."""
+    colour in an empty cell, appended; moved: the middle shape, kind and colour kept, in that empty cell instead
+    (statement edits on the generator's own code)."""
     lines = prog.code.splitlines(keepends=True)
     drawn = [i for i, line in enumerate(lines) if line.startswith("ax.add_patch")]
     shapes = prog.params["shapes"]
@@ -58,7 +62,12 @@ def _variants(prog) -> dict[str, str]:
     kind = next((k for k in SHAPE_KINDS if k not in {s["kind"] for s in shapes}), "circle")
     color = next(c for c in SHAPE_COLORS if c not in {s["color"] for s in shapes})
     line = shape_line(kind, col, row, color)
-    return {"full": prog.code, "omit": omit, "extra": prog.code + line + "\n"}
+    middle = shapes[len(drawn) // 2]
+    moved = "".join(
+        shape_line(middle["kind"], col, row, middle["color"]) + "\n" if i == drawn[len(drawn) // 2] else line_
+        for i, line_ in enumerate(lines)
+    )
+    return {"full": prog.code, "omit": omit, "extra": prog.code + line + "\n", "moved": moved}
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +79,7 @@ def scored() -> Iterator[list[dict[str, dict[str, float]]]]:
         renders = [backend.render(p.code) for p in progs]
         assert all(r.status == "ok" and r.png for r in renders), [r.error for r in renders]
         backend.register_targets({f"omission/{p.seed}": r.png for p, r in zip(progs, renders, strict=True)})
-        names = ("full", "omit", "extra")
+        names = ("full", "omit", "extra", "moved")
         samples = [
             RewardSample(
                 completion=f"```python\n{v[name]}```", target_id=f"omission/{p.seed}", reference_code=p.code
@@ -86,8 +95,8 @@ def scored() -> Iterator[list[dict[str, dict[str, float]]]]:
     for i in range(len(progs)):
         row = {}
         for j, name in enumerate(names):
-            k = 3 * i + j
-            comps = ("code", "image", "elements", "ref_elements", "elements_ratio")
+            k = len(names) * i + j
+            comps = ("code", "image", "element_f2", "elements", "ref_elements", "elements_ratio")
             row[name] = {"total": out.scores[k], **{c: out.components[c][k] for c in comps}}
         row["shapes"] = len(progs[i].params["shapes"])
         rows.append(row)
@@ -108,6 +117,15 @@ def test_omission_costs_at_least_a_wrong_addition_per_item(scored) -> None:
         assert row["omit"]["code"] < row["extra"]["code"], row  # exact by the F1 formula (module docstring)
 
 
+def test_a_misplaced_shape_never_scores_below_leaving_it_out(scored) -> None:
+    for row in scored:
+        k = row["shapes"]
+        assert row["omit"]["element_f2"] == pytest.approx(5 * (k - 1) / (5 * k - 1)), row
+        assert row["extra"]["element_f2"] == pytest.approx(5 * k / (5 * k + 1)), row
+        assert row["moved"]["element_f2"] == pytest.approx((k - 1) / k), row
+        assert row["moved"]["code"] > row["omit"]["code"], row
+
+
 def test_image_term_agrees_on_average(scored) -> None:
     omit = sum(r["full"]["image"] - r["omit"]["image"] for r in scored) / len(scored)
     extra = sum(r["full"]["image"] - r["extra"]["image"] for r in scored) / len(scored)
@@ -118,6 +136,6 @@ def test_the_reward_reports_how_much_each_answer_drew_against_its_reference(scor
     """The ``elements`` diagnostics (in no score): shapes drawn by the answer and by the reference."""
     for row in scored:
         k = row["shapes"]
-        for name, drawn in (("full", k), ("omit", k - 1), ("extra", k + 1)):
+        for name, drawn in (("full", k), ("omit", k - 1), ("extra", k + 1), ("moved", k)):
             assert row[name]["ref_elements"] == k and row[name]["elements"] == drawn, (name, row)
             assert row[name]["elements_ratio"] == pytest.approx(drawn / k)
