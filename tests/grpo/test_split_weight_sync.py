@@ -18,7 +18,10 @@ from tests.grpo.test_train import RECIPE, TOY_REWARD, _overrides, ray_config
 # Smaller than the nano model's largest tensor (the patch embedding, 301,056 bytes in fp32): ~20 buckets, one
 # tensor travelling alone. rollout.update_weights_bucket_megabytes is in MiB, so this goes in as bytes.
 SMALL_BUCKET = 100_000
-TIMEOUT_S = 20.0  # the channel's timeout in these runs (train.WEIGHT_SYNC_TIMEOUT_S, 600 s by default)
+# The channel's timeout in the Ray run (train.WEIGHT_SYNC_TIMEOUT_S, 600 s by default). It also bounds the rollout
+# actor's join at set-up, which took over 20 s on a loaded machine; a dead peer must fail the sync by its
+# connection's reset, long before this.
+TIMEOUT_S = 300.0
 
 
 def _rollout_state(run) -> dict[str, torch.Tensor]:
@@ -84,9 +87,9 @@ def test_split_sync_through_ray_is_bit_exact_and_a_dead_rollout_fails_it(r1_file
             # The rollout actor's process dies: rank 0's next send fails with the reason, not a hang.
             ray.kill(run.rollout._handle, no_restart=True)
             t0 = time.perf_counter()
-            with pytest.raises(Exception, match="weight sync to the rollout engine failed"):
+            with pytest.raises(Exception, match="weight sync to the rollout engine failed") as failed:
                 _sync_weights(run)
-            assert time.perf_counter() - t0 < TIMEOUT_S + 15
+            assert time.perf_counter() - t0 < TIMEOUT_S and "timed out" not in str(failed.value).lower()
             run.rollout.restart()  # a live actor for cleanup to close
         finally:
             cleanup(run)

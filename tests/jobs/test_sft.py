@@ -89,8 +89,16 @@ def test_kill_9_mid_run_then_resume_reproduces_the_uninterrupted_losses(tmp_path
     full = launch(overrides(train, val, tmp_path / "full", steps))
     victim = launch(overrides(train, val, tmp_path / "killed", steps))
     ckpt = tmp_path / "killed" / "t" / "checkpoints" / "step_000002" / "meta.json"
+    log = tmp_path / "killed" / "t" / "metrics.jsonl"
+
+    def step_2_logged() -> bool:  # the line of step 2 is written after its checkpoint (sft.py's step loop)
+        lines = log.read_text().splitlines() if log.is_file() else []
+        return any(line.startswith('{"step": 2,') for line in lines)
+
     deadline = time.monotonic() + 200
-    while not ckpt.exists() and victim.poll() is None and time.monotonic() < deadline:
+    # Kill once step 2 is both checkpointed and logged: killed between the two, the resumed run starts at step 3
+    # and step 2's line is gone (a window the job leaves open; under a loaded machine the kill can land in it).
+    while not (ckpt.exists() and step_2_logged()) and victim.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     victim.send_signal(signal.SIGKILL)
     assert victim.wait() == -signal.SIGKILL, victim.stderr.read()[-3000:]
