@@ -464,21 +464,25 @@ def _axes_spans(trace: Mapping[str, Any] | None) -> list[tuple[float, float]]:
     return [(span(ax.get("xlim")), span(ax.get("ylim"))) for ax in _items(trace, "axes", dict)]
 
 
-def _geometry(trace: Mapping[str, Any] | None) -> list[tuple[str, str, int | None, np.ndarray | None]]:
-    """(type, kind, axes index, bbox [x0, y0, x1, y1] in data coordinates or None) per drawn element, texts
-    aside; an ill-formed bbox reads as None."""
-    out = []
-    for el in _items(trace, "elements", dict):
-        if el.get("type") == "text":
-            continue
-        bbox, axes = el.get("bbox"), el.get("axes")
-        ok = isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, int | float) for v in bbox)
-        box = np.asarray(bbox, dtype=np.float64) if ok else None
-        if box is not None and not (np.isfinite(box).all() and np.abs(box).max() <= 1e12):
-            box = None
-        index = axes if isinstance(axes, int) and not isinstance(axes, bool) else None
-        out.append((str(el.get("type")), str(el.get("kind")), index, box))
-    return out[:MAX_TRACE_ITEMS]
+def _drawn(trace: Mapping[str, Any] | None) -> list[dict]:
+    """The trace's user elements of any type but ``text`` (texts are ``text_f1``'s)."""
+    return [el for el in _items(trace, "elements", dict) if el.get("type") != "text"]
+
+
+def _geometry(trace: Mapping[str, Any] | None) -> tuple[list[str], list[str], list[Any], np.ndarray]:
+    """Per drawn element (``_drawn``): types, kinds, axes indices (None if not an int) and an (n, 4) array of
+    bboxes [x0, y0, x1, y1] in data coordinates, a row of NaN where the bbox is missing or ill-formed."""
+    drawn = _drawn(trace)
+    boxes = np.full((len(drawn), 4), np.nan)
+    axes: list[Any] = []
+    for i, el in enumerate(drawn):
+        bbox, ax = el.get("bbox"), el.get("axes")
+        if isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, int | float) for v in bbox):
+            box = np.asarray(bbox, dtype=np.float64)
+            if np.isfinite(box).all() and np.abs(box).max() <= 1e12:
+                boxes[i] = box
+        axes.append(ax if isinstance(ax, int) and not isinstance(ax, bool) else None)
+    return [str(el.get("type")) for el in drawn], [str(el.get("kind")) for el in drawn], axes, boxes
 
 
 def element_similarity(
@@ -492,24 +496,28 @@ def element_similarity(
     scores 0, a bar one unit off on a 0-6 axis 1/3); two elements without a bbox count as placed alike, one
     without as misplaced. A different ``kind`` (a Circle where a Rectangle is) halves it.
     """
-    ref, pred = _geometry(reference), _geometry(prediction)
-    sim = np.zeros((len(ref), len(pred)))
-    if not ref or not pred:
-        return sim
+    rtype, rkind, raxes, rbox = _geometry(reference)
+    ptype, pkind, paxes, pbox = _geometry(prediction)
+    if not rtype or not ptype:
+        return np.zeros((len(rtype), len(ptype)))
     spans = _axes_spans(reference)
-    for i, (rtype, rkind, raxes, rbox) in enumerate(ref):
-        sx, sy = spans[raxes] if raxes is not None and 0 <= raxes < len(spans) else (1.0, 1.0)
-        scale = np.array([sx, sy, sx, sy])
-        for j, (ptype, pkind, paxes, pbox) in enumerate(pred):
-            if ptype != rtype or paxes != raxes:
-                continue
-            if rbox is None or pbox is None:
-                place = 1.0 if rbox is None and pbox is None else 0.0
-            else:
-                d = float(np.max(np.abs(rbox - pbox) / scale))
-                place = max(0.0, 1.0 - d / ELEMENT_POSITION_TOLERANCE)
-            sim[i, j] = place * (1.0 if pkind == rkind else ELEMENT_OTHER_KIND)
-    return sim
+    sx, sy = np.array([spans[a] if a is not None and 0 <= a < len(spans) else (1.0, 1.0) for a in raxes]).T
+    scale = np.stack([sx, sy, sx, sy], axis=1)  # (n_ref, 4)
+    d = (np.abs(rbox[:, None, :] - pbox[None, :, :]) / scale[:, None, :]).max(
+        axis=2
+    )  # NaN if a bbox is missing
+    place = np.clip(1.0 - d / ELEMENT_POSITION_TOLERANCE, 0.0, None)
+    r_none, p_none = np.isnan(rbox[:, 0]), np.isnan(pbox[:, 0])
+    place = np.where(
+        r_none[:, None] | p_none[None, :], (r_none[:, None] & p_none[None, :]).astype(float), place
+    )
+
+    def same(a: list[Any], b: list[Any]) -> np.ndarray:
+        index = {v: i for i, v in enumerate(dict.fromkeys([*a, *b]))}  # None is a value like any other here
+        return np.array([index[v] for v in a])[:, None] == np.array([index[v] for v in b])[None, :]
+
+    kind = np.where(same(rkind, pkind), 1.0, ELEMENT_OTHER_KIND)
+    return place * kind * (same(rtype, ptype) & same(raxes, paxes))
 
 
 def element_f2(reference: Mapping[str, Any] | None, prediction: Mapping[str, Any] | None) -> float:
@@ -529,7 +537,7 @@ def drawn_elements(trace: Mapping[str, Any] | None) -> int:
     """How many elements a render drew, texts aside (shapes, bars, lines, markers ...: the trace's user
     elements of any type but ``text``; texts are ``text_f1``'s). A diagnostic, in no score: with the reference's
     count it shows an answer drawing less or more than its target."""
-    return sum(1 for el in _items(trace, "elements", dict) if el.get("type") != "text")
+    return len(_drawn(trace))
 
 
 def trace_f1s(reference: Mapping[str, Any] | None, prediction: Mapping[str, Any] | None) -> dict[str, float]:

@@ -11,8 +11,9 @@ Rewards, each a score in [0, 1] plus named metrics (raw values, before any mappi
   carries half the weight because SSIM and pixel correlation are inflated by the white background that
   dominates STEM figures (a blank page gets SSIM ≈ 0.8 against a sparse line chart). When the reference
   has a trace, score = 0.5·image + 0.5·trace, trace being 0.5·element_f2 + 0.5·(the mean of ChartMimic's four
-  trace F1s) of the render's trace against it. Cost: ≈ 30-40 ms a call for a 640x480 render on one core, about a third of it PNG
-  decoding, ≈ 60-75 ms with a 200-element trace (``python benchmarks/metrics_cost.py``).
+  trace F1s) of the render's trace against it. Cost: ≈ 30-40 ms a call for a 640x480 render on one core,
+  about a third of it PNG decoding, ≈ 60-75 ms with a 200-element trace (``python benchmarks/metrics_cost.py``,
+  measured before element_f2, which took ≈ 11 ms on two random 200-element traces).
 - ``ssim``: clip(grayscale SSIM, 0, 1). ``pixel``: (R_recon + 1) / 2. ``edge``: the Canny edge F1.
 - ``rlrf``: RLRF's image reward, (R_recon + R_edge) / 2 in [-1, 1], mapped affinely to [0, 1] by (x + 1) / 2
   (affine, so GRPO's within-group normalised advantages are the same as with the raw reward).

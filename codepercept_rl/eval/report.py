@@ -65,7 +65,8 @@ def markdown_report(summary: EvalSummary, meta: Mapping[str, Any] | None = None)
         f"- **items**: {summary.n_items} ({o.n} scored, {summary.n_bad_items} bad bench items left out)",
         "",
         "Final = (Image + Code + Exec) / 3 on a 0-100 scale (the paper's formula). "
-        "*Final (det.)* uses the deterministic Image (render similarity) and Code (trace: element kinds and positions, texts, types, colours, layout) scores; "
+        "*Final (det.)* uses the deterministic Image (render similarity) and Code (trace: element kinds and "
+        "positions, texts, types, colours, layout) scores; "
         "*Final (judge)* the LLM judges'. Failures (no code, API errors, exec errors, timeouts) count as 0. "
         "Brackets: 95% percentile bootstrap CI over items (seeded).",
         "",

@@ -20,8 +20,8 @@ Substitution without a judge (and, per sample, when the judge fails; the sample'
   neither what kind of shape is drawn nor where (an answer with every shape of the wrong kind, colour and place
   scored 0.75), which the paper's code judge gives half its points (element counts 20, positions 30), and
   because with F1 alone leaving out an element the policy is unsure of paid off under sampling, so GRPO learnt
-  to draw less than the reference. It needs the reference code; without one r_code is left out (None, adds 0 to every sample of
-  the group alike, so GRPO advantages are unaffected).
+  to draw less than the reference. It needs the reference code; without one r_code is left out (None, adds 0
+  to every sample of the group alike, so GRPO advantages are unaffected).
 
 These stand-ins are deterministic and cheap but are not the paper's judge: they reward pixel and trace
 agreement, not semantic equivalence, so absolute numbers are not comparable with the paper's.
