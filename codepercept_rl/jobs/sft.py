@@ -26,7 +26,8 @@ moments, sharded over the ranks: :func:`state_bytes_per_rank`) would not fit a r
 Resuming: ``--resume`` continues from the newest complete checkpoint in ``<run_dir>/checkpoints`` (an error if
 there is none); ``trainer.resume_mode=auto`` (the default) does the same when one exists. Everything the next
 steps depend on (weights, optimizer, schedule, RNG, data position) is restored, so on CPU a resumed run logs the
-same losses as an uninterrupted one.
+same losses as an uninterrupted one. A checkpoint also carries its step's metrics: a job stopped after the
+checkpoint but before the metrics line writes that line when it resumes, so every step is logged once.
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ from codepercept_rl.learner import Learner, LearnerConfig, sft_loss
 from codepercept_rl.learner import checkpoint as ckpt
 from codepercept_rl.learner.dist import init_distributed, resolve_device
 from codepercept_rl.plan import check_placement
-from codepercept_rl.tracking import Tracker
+from codepercept_rl.tracking import Tracker, read_metrics
 from codepercept_rl.utils.run import prepare_run_dir, seed_everything
 
 if TYPE_CHECKING:
@@ -157,17 +158,23 @@ def setup(cfg: JobConfig, resume: bool = False) -> SFTRun:
             f"trainer.resume_mode=disable but {run.ckpt_root} holds checkpoints of an earlier run; "
             "choose another trainer.experiment_name or delete that folder"
         )
+    unlogged: dict[str, float] = {}
     if latest is not None and (resume or cfg.trainer.resume_mode == "auto"):
         extra = learner.load_checkpoint(latest)
         if extra.get("batches_per_epoch") != per_epoch:
             log.warning("data changed since the checkpoint (%s batches/epoch, now %d): resuming by step count",
                         extra.get("batches_per_epoch"), per_epoch)  # fmt: skip
+        unlogged = dict(extra.get("metrics") or {})
     if learner.dist.is_main:
         run.tracker = Tracker(
             run_dir, project=cfg.trainer.project_name, experiment=cfg.trainer.experiment_name,
             backends=cfg.tracking.backends, config=to_dict(cfg), wandb_mode=cfg.tracking.wandb_mode,
             group=cfg.tracking.wandb_group, job_type="sft", tags=cfg.tracking.wandb_tags,
         )  # fmt: skip
+        if unlogged and learner.step not in _logged_steps(run_dir):
+            log.info("step %d was checkpointed but not logged (the job stopped between the two): logging it now",
+                     learner.step)  # fmt: skip
+            run.tracker.log(unlogged, step=learner.step)
     if val is not None and cfg.sft.gen_num_samples > 0:
         run.pool = _start_pool(cfg)
     counts = train.skipped + val.skipped if val is not None else train.skipped
@@ -283,6 +290,14 @@ def _start_pool(cfg: JobConfig) -> RewardPool:
 # train
 
 
+def _logged_steps(run_dir: Path) -> set[int]:
+    """The steps ``run_dir/metrics.jsonl`` has a line for (none without the file)."""
+    try:
+        return {int(r["step"]) for r in read_metrics(run_dir)}
+    except FileNotFoundError:
+        return set()
+
+
 def train(run: SFTRun) -> None:
     """Optimizer steps from the learner's current step to ``run.total_steps``, with validation and saves."""
     cfg, learner = run.cfg, run.learner
@@ -324,13 +339,17 @@ def train(run: SFTRun) -> None:
             last or (cfg.trainer.test_freq > 0 and done % cfg.trainer.test_freq == 0)
         ):
             metrics.update(validate(run))
+        logged = last or done % cfg.tracking.log_every == 0
         if last or (cfg.trainer.save_freq > 0 and done % cfg.trainer.save_freq == 0):
             t1 = time.perf_counter()
             epoch, i = divmod(done, run.batches_per_epoch)
-            extra = {"epoch": epoch, "batch_in_epoch": i, "batches_per_epoch": run.batches_per_epoch}
+            # The step's line is written after its checkpoint: the checkpoint carries it, and a run killed
+            # between the two writes it when it resumes (``setup``).
+            extra = {"epoch": epoch, "batch_in_epoch": i, "batches_per_epoch": run.batches_per_epoch,
+                     "metrics": {k: float(v) for k, v in metrics.items()} if logged else {}}  # fmt: skip
             learner.save_checkpoint(run.ckpt_root, extra=extra, keep=cfg.trainer.max_actor_ckpt_to_keep)
             metrics["timing_s/save"] = time.perf_counter() - t1
-        if run.tracker is not None and (last or done % cfg.tracking.log_every == 0):
+        if run.tracker is not None and logged:
             run.tracker.log(metrics, step=done)
         run.summary.update({k: v for k, v in metrics.items() if k.startswith(("train/loss", "val/"))})
     run.summary.update(_masked_counts(run))

@@ -89,16 +89,10 @@ def test_kill_9_mid_run_then_resume_reproduces_the_uninterrupted_losses(tmp_path
     full = launch(overrides(train, val, tmp_path / "full", steps))
     victim = launch(overrides(train, val, tmp_path / "killed", steps))
     ckpt = tmp_path / "killed" / "t" / "checkpoints" / "step_000002" / "meta.json"
-    log = tmp_path / "killed" / "t" / "metrics.jsonl"
-
-    def step_2_logged() -> bool:  # the line of step 2 is written after its checkpoint (sft.py's step loop)
-        lines = log.read_text().splitlines() if log.is_file() else []
-        return any(line.startswith('{"step": 2,') for line in lines)
-
     deadline = time.monotonic() + 200
-    # Kill once step 2 is both checkpointed and logged: killed between the two, the resumed run starts at step 3
-    # and step 2's line is gone (a window the job leaves open; under a loaded machine the kill can land in it).
-    while not (ckpt.exists() and step_2_logged()) and victim.poll() is None and time.monotonic() < deadline:
+    # Killed as soon as step 2's checkpoint is complete: before or after its metrics line, the resumed run logs
+    # every step once (a step checkpointed but not logged is logged on resume).
+    while not ckpt.exists() and victim.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     victim.send_signal(signal.SIGKILL)
     assert victim.wait() == -signal.SIGKILL, victim.stderr.read()[-3000:]
@@ -117,6 +111,33 @@ def test_kill_9_mid_run_then_resume_reproduces_the_uninterrupted_losses(tmp_path
     assert got == expected  # bit-exact on CPU, before and after the resume
     final_val = [r["val/loss"] for r in read_metrics(tmp_path / "killed" / "t") if "val/loss" in r]
     assert final_val == [r["val/loss"] for r in read_metrics(tmp_path / "full" / "t") if "val/loss" in r]
+
+
+@pytest.mark.timeout(300)
+def test_a_step_checkpointed_but_not_logged_is_logged_on_resume(tmp_path: Path) -> None:
+    """The state a kill between a step's checkpoint and its metrics line leaves, made on purpose."""
+    train, val = s1_files(tmp_path)
+    run_dir = tmp_path / "runs" / "t"
+    first = launch(overrides(train, val, tmp_path / "runs", 2))
+    _, err = first.communicate(timeout=200)
+    assert first.returncode == 0, err[-3000:]
+    log = run_dir / "metrics.jsonl"
+    step_2 = [r for r in read_metrics(run_dir) if r["step"] == 2]
+    assert step_2 and (run_dir / "checkpoints" / "step_000002" / "meta.json").is_file()
+    log.write_text("".join(line + "\n" for line in log.read_text().splitlines()
+                           if not line.startswith('{"step": 2,')))  # fmt: skip
+
+    resumed = launch(overrides(train, val, tmp_path / "runs", 4))
+    _, err = resumed.communicate(timeout=200)
+    assert resumed.returncode == 0, err[-3000:]
+    assert "step 2 was checkpointed but not logged" in err
+    records = {r["step"]: r for r in read_metrics(run_dir)}
+    assert sorted(records) == [0, 1, 2, 3, 4]
+    assert records[2]["train/loss"] == step_2[0]["train/loss"]
+    assert records[2]["train/grad_norm"] == step_2[0]["train/grad_norm"]
+    # Nothing is logged twice: one line per step in the file itself.
+    steps = [json.loads(line)["step"] for line in log.read_text().splitlines()]
+    assert sorted(steps) == [0, 1, 2, 3, 4]
 
 
 def test_refuses_missing_data_and_resume_without_checkpoint(tmp_path: Path) -> None:
