@@ -72,6 +72,8 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--val", type=float, default=0.05)
     p.add_argument("--test", type=float, default=0.05)
+    p.add_argument("--rl", type=float, default=0.0,
+                   help="share of the items for R1 only (exports/r1/rl.parquet), kept out of S1's train split")  # fmt: skip
     p.add_argument("--split-distance", type=int, default=8, help="pHash bits grouping items before splitting")
 
 
@@ -138,7 +140,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     try:
         report = export(
             args.dir, formats, seed=args.seed, val_fraction=args.val, test_fraction=args.test,
-            split_distance=args.split_distance,
+            split_distance=args.split_distance, rl_fraction=args.rl,
         )  # fmt: skip
     except ValueError as e:
         raise UserError(str(e)) from None

@@ -1,10 +1,10 @@
 """Exports of a dataset directory for training: verl R1 parquet, S1 chat JSONL, a Hugging Face dataset.
 
-    codepercept-rl data export DIR [--formats r1,s1,hf,verl_sft] [--seed 0] [--val 0.05 --test 0.05]
+    codepercept-rl data export DIR [--formats r1,s1,hf,verl_sft] [--seed 0] [--val 0.05 --test 0.05] [--rl 0.3]
 
 Writes under ``DIR/exports/``:
 
-* ``splits.json``: item id -> "train" | "validation" | "test".
+* ``splits.json``: item id -> "train" | "validation" | "test" | "rl".
 * ``r1/{split}.parquet``: verl's multimodal RL format, one row per item: ``data_source``
   ("codepercept/<family>"), ``prompt`` (chat list; the user turn holds an ``<image>`` placeholder), ``images``
   ([{"bytes": png}]), ``ability``, ``reward_model`` ({"style": "rule", "ground_truth": code}) and ``extra_info``
@@ -18,6 +18,11 @@ Writes under ``DIR/exports/``:
   (``MultiTurnSFTDataset`` reads parquet only): ``id``, ``task``, ``messages`` as in S1 and ``images``
   ([{"bytes": png}], embedded like R1's, so the file is self-contained).
 * ``hf/``: ``datasets.DatasetDict.save_to_disk`` with an ``Image`` feature (load with ``load_from_disk``).
+
+Every format writes one file per split that holds items. ``rl`` (only with ``rl_fraction`` > 0, ``--rl``) is a
+training split of its own for R1: S1 trains on ``s1/train.jsonl``, R1 on ``r1/rl.parquet``, so R1's prompts
+are images the S1 model never trained on. (A model trained for many epochs on its SFT items has all but
+memorised their answers; GRPO on those items learns little about the images it has not seen.)
 
 Splits do not leak near-duplicates: items are grouped (pHash within ``split_distance`` bits or identical
 normalised code) and whole groups go to one split; the group order is shuffled with ``seed``, so splits are
@@ -43,7 +48,7 @@ from data_tools.dedup import code_hash, image_phash, near_duplicate_groups
 from data_tools.prompts import R1_PROMPT, S1_CAPTION_PROMPT, S1_CODE_PROMPT
 from data_tools.store import Dataset, Item
 
-SPLITS = ("train", "validation", "test")
+SPLITS = ("train", "validation", "test", "rl")
 FORMATS = ("r1", "s1", "hf", "verl_sft")
 DEFAULT_FORMATS = ("r1", "s1", "hf")  # verl_sft embeds every image a second time: only on request
 ABILITY = "stem_perception"
@@ -57,15 +62,18 @@ def assign_splits(
     val_fraction: float = 0.05,
     test_fraction: float = 0.05,
     split_distance: int = 8,
+    rl_fraction: float = 0.0,
 ) -> dict[str, str]:
     """Map item id -> split, keeping near-duplicate groups together.
 
     Groups are shuffled with ``seed``; test takes whole groups until it holds ``round(test_fraction * n)``
     items (at least one group when the fraction is > 0 and there are three groups or more), then validation
-    likewise, and the rest is train. A big group can overshoot its split's target by its own size.
+    likewise, then rl, and the rest is train. A big group can overshoot its split's target by its own size.
     """
-    if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
-        raise ValueError(f"bad split fractions: validation {val_fraction}, test {test_fraction}")
+    fractions = {"validation": val_fraction, "test": test_fraction, "rl": rl_fraction}
+    if not all(0 <= f < 1 for f in fractions.values()) or sum(fractions.values()) >= 1:
+        raise ValueError("bad split fractions: " + ", ".join(f"{k} {v}" for k, v in fractions.items())
+                         + " (each in [0, 1), together below 1: train takes the rest)")  # fmt: skip
     groups = near_duplicate_groups(
         [image_phash(p) for p in pngs], [code_hash(i.code) for i in items], split_distance
     )
@@ -75,11 +83,12 @@ def assign_splits(
         wanted = round(fraction * len(items))
         return max(wanted, 1) if fraction > 0 and len(groups) >= 3 else wanted
 
-    targets = {"test": target(test_fraction), "validation": target(val_fraction)}
-    filled = {"test": 0, "validation": 0}
+    order = ("test", "validation", "rl")
+    targets = {k: target(fractions[k]) for k in order}
+    filled = dict.fromkeys(order, 0)
     splits: dict[str, str] = {}
     for group in groups:
-        name = next((k for k in ("test", "validation") if filled[k] < targets[k]), "train")
+        name = next((k for k in order if filled[k] < targets[k]), "train")
         if name != "train":
             filled[name] += len(group)
         for j in group:
@@ -219,6 +228,7 @@ def export(
     val_fraction: float = 0.05,
     test_fraction: float = 0.05,
     split_distance: int = 8,
+    rl_fraction: float = 0.0,
 ) -> ExportReport:
     """Export the (deduplicated) items of the dataset at ``root``; see the module docstring.
 
@@ -239,6 +249,7 @@ def export(
         val_fraction=val_fraction,
         test_fraction=test_fraction,
         split_distance=split_distance,
+        rl_fraction=rl_fraction,
     )
     out = ds.root / "exports"
     report = ExportReport()
@@ -247,7 +258,12 @@ def export(
         chosen = [(it, p) for it, p in zip(items, pngs, strict=True) if splits[it.id] == split]
         if chosen:
             by_split[split] = ([c[0] for c in chosen], [c[1] for c in chosen])
-        report.counts[split] = len(chosen)
+        else:  # an earlier export's file of this split would be read as this one's
+            for stale in (out / "r1" / f"{split}.parquet", out / "s1" / f"{split}.jsonl",
+                          out / "verl_sft" / f"{split}.parquet"):  # fmt: skip
+                stale.unlink(missing_ok=True)
+        if split != "rl" or chosen:
+            report.counts[split] = len(chosen)
     atomic_write_json(out / "splits.json", splits)
     report.paths.append(str(out / "splits.json"))
     for split, (its, ps) in by_split.items():

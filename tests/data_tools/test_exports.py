@@ -110,6 +110,37 @@ def test_hf_dataset_loads_with_image_feature(dataset_dir):
     assert row["image"].size[0] >= 200 and row["code"] and json.loads(row["params"]) is not None
 
 
+def test_an_rl_split_keeps_r1_prompts_out_of_s1_training(dataset_dir):
+    proc = run_data_cli("export", str(dataset_dir), "--formats", "r1,s1", "--val", "0.125", "--test", "0.125",
+                        "--rl", "0.25", "--seed", "3")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    exports = dataset_dir / "exports"
+    splits = json.loads((exports / "splits.json").read_text())
+    assert set(splits.values()) == {"train", "validation", "test", "rl"}
+    rl = {k for k, v in splits.items() if v == "rl"}
+    assert len(rl) >= 4  # round(0.25 * 16), or more where a near-duplicate group overshoots
+    assert "rl=" in proc.stdout
+    for item_id, split in splits.items():
+        if item_id.endswith("-dup"):
+            assert splits[item_id[: -len("-dup")]] == split, "a near-duplicate pair was split apart"
+    r1_rl = pq.read_table(exports / "r1" / "rl.parquet").to_pylist()
+    assert {r["extra_info"]["item_id"] for r in r1_rl} == rl
+    assert {r["extra_info"]["split"] for r in r1_rl} == {"rl"}
+    s1_train = {json.loads(line)["id"].rsplit("-", 1)[0] for line in (exports / "s1" / "train.jsonl").open()}
+    r1_train = {
+        r["extra_info"]["item_id"] for r in pq.read_table(exports / "r1" / "train.parquet").to_pylist()
+    }
+    train = {k for k, v in splits.items() if v == "train"}
+    assert s1_train == r1_train == train and not rl & train
+
+    # Exported again without it: no rl file is left behind to be read as this export's.
+    export(dataset_dir, ["r1", "s1"], seed=3, val_fraction=0.125, test_fraction=0.125)
+    assert not (exports / "r1" / "rl.parquet").exists() and not (exports / "s1" / "rl.jsonl").exists()
+    assert "rl" not in set(json.loads((exports / "splits.json").read_text()).values())
+    with pytest.raises(ValueError, match="together below 1"):
+        assign_splits([], [], val_fraction=0.4, test_fraction=0.3, rl_fraction=0.3)
+
+
 def test_splits_are_deterministic_and_seed_dependent(dataset_dir):
     ds = Dataset(dataset_dir)
     items = ds.load_items()

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 FAST = [
-    "--num", "30", "--families", "shapes", "bars", "--test-fraction", "0.2", "--preset", "nano",
+    "--num", "30", "--rl-num", "8", "--families", "shapes", "bars", "--test-fraction", "0.2", "--preset", "nano",
     "--s1-epochs", "1", "--r1-steps", "1", "--max-tokens", "24", "--samples", "2", "--no-wandb",
     "--s1-override", "sft.gen_num_samples=2", "--s1-override", "sft.gen_max_new_tokens=16", "--s1-override", "tracking.backends=[jsonl]",
     "--r1-override", "rollout.n=2", "--r1-override", "rollout.response_length=24",
@@ -85,6 +85,14 @@ def test_quickstart_end_to_end_and_resume(tmp_path: Path) -> None:
         target = rows[-1]["columns"].index("target")
         assert (out / "runs" / stage / rows[-1]["rows"][0][target]["image"]).is_file()
     assert (out / "runs" / "r1" / "hf" / "config.json").is_file()
+    # R1 trained on the rl split: images S1 never trained on, none of them held out for the evaluation.
+    exports = out / "data" / "exports"
+    splits = json.loads((exports / "splits.json").read_text())
+    assert list(splits.values()).count("rl") >= 8
+    r1_config = json.loads((out / "runs" / "r1" / "config.json").read_text())
+    assert r1_config["data"]["train_files"] == [str(exports / "r1" / "rl.parquet")]
+    s1_items = {json.loads(line)["id"].rsplit("-", 1)[0] for line in (exports / "s1" / "train.jsonl").open()}
+    assert s1_items and all(splits[i] == "train" for i in s1_items)
 
     # Report, gallery (every image it links exists), curves.
     md = (out / "report.md").read_text()

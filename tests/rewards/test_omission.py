@@ -1,7 +1,7 @@
 """Issue 18: R1's reward must not charge less for omitting a drawn element than for adding a wrong one.
 
-Real ``shapes`` programs (held-out generator seeds: build indices >= 600 of the quickstart's spec, never built by
-the quickstart), rendered in real sandboxes and scored by the real ``codepercept`` reward of the R1 recipe, as a
+Real ``shapes`` programs (held-out generator seeds: build indices >= 900 of the quickstart's spec, never built by
+the quickstart: its 600 items for S1 and the evaluation and 300 for R1's prompts), rendered in real sandboxes and scored by the real ``codepercept`` reward of the R1 recipe, as a
 GRPO rollout is (registered target image, ``target_id`` + ``reference_code``). No mocks.
 
 What holds per item, and why: the code term's trace F1s are 2M / (n_ref + n_pred). With k reference shapes,
@@ -30,7 +30,7 @@ from data_tools.generators.mini import GRID, SHAPE_COLORS, SHAPE_KINDS, shape_li
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "r1_tiny_cpu.yaml"
-QUICKSTART_SPEC = BuildSpec(families=["shapes", "bars"], num=600, seed=0)
+QUICKSTART_SPEC = BuildSpec(families=["shapes", "bars"], num=900, seed=0)  # --num 600 + --rl-num 300
 
 
 def _programs() -> list:
