@@ -26,13 +26,16 @@ the result: ``swap`` (a shape redrawn in its cell with another kind and colour, 
 shape right in kind and colour but in an empty cell) and ``broken`` (the full program plus one statement that
 fails at run time, as a sampled typo does).
 
-Result (40 items, 2026-12-03, with the code term's recall-weighted ``element_f2``): omission costs *more* than
-a wrong addition on every item and in both graded terms (total drop 0.716 vs 0.295, difference +0.421, 95% CI
-[+0.31, +0.53]; before element_f2, 0.567 vs 0.298): the trace F1s and the edge F1 are 2M / (n_ref + n_pred), so
-one missing of k costs 1/(2k-1) and one extra 1/(2k+1), and element_f2 (β = 2) charges an omission 4 times more.
-A shape drawn right but in the wrong cell now scores as an omission does (total 3.279 vs 3.284; code term
-0.719 vs 0.623), where before element_f2 it scored 0.13 more: the code term could not see positions. A run-time
-error costs 3 of the 4 points.
+Result (40 items from build index 900, 2026-12-03, with the code term's recall-weighted ``element_f2``):
+omission costs *more* than a wrong addition in total and in the code term on every item (smallest margins
++0.10 and +0.13), and in the image term on 36 of 40 (mean +0.072 [+0.04, +0.10]); total drop 0.524 vs 0.262,
+difference +0.262, 95% CI [+0.20, +0.33] (by shapes per item +0.938, +0.284, +0.161 for 1, 2, 3). The trace
+F1s and the edge F1 are 2M / (n_ref + n_pred), so one missing of k costs 1/(2k-1) and one extra 1/(2k+1), and
+element_f2 (β = 2) charges an omission 4 times more. A shape drawn right but in the wrong cell scores about as an
+omission does (total 3.417 vs 3.476), and its code term still pays for drawing it (0.779 vs 0.726). On the
+earlier item set (build indices from 600, before the quickstart built them for R1) the drops were 0.716 vs 0.295,
+and without element_f2 0.567 vs 0.298, with a misplaced shape 0.13 above an omission. A run-time error costs 3
+of the 4 points.
 
     OMP_NUM_THREADS=1 python benchmarks/reward_omission.py [--items 40] [--workers 1] [--json out.json]
 """
