@@ -10,7 +10,7 @@ omitting one gives 2(k-1)/(2k-1) and adding one 2k/(2k+1), so omission always co
 gives 5(k-1)/(5k-1) and 5k/(5k+1), and (k-1)/k for a shape drawn right but in an empty cell, so that drawing a
 shape in the wrong place never scores below leaving it out: the guess R1 must not learn to skip. The image
 term's edge F1 follows the F1 formula for edge pixels, so it agrees on average (measured per item too, on 40
-items, min margin +0.009), but it depends on shape sizes, so only its mean is asserted.
+items from build index 900, min margin +0.022), but it depends on shape sizes, so only its mean is asserted.
 ``python benchmarks/reward_omission.py`` prints the full table.
 """
 
