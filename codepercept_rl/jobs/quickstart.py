@@ -721,6 +721,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     # Measured from one S1 model (115 held-out items, greedy): R1 on S1's own train items -0.039 [-0.066, -0.013]
     # against S1, element_f2 0.232 -> 0.197; on 539 items S1 never saw +0.004 [-0.027, +0.040], 0.232 -> 0.259.
+    # A whole run with this default (a new data build and S1) still gave R1 below S1 (README).
     p.add_argument("--rl-num", type=int, default=300,
                    help="items generated on top for R1's prompts only (0: R1 on S1's train split)")  # fmt: skip
     p.add_argument("--val-fraction", type=float, default=0.1)
