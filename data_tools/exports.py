@@ -52,6 +52,16 @@ SPLITS = ("train", "validation", "test", "rl")
 FORMATS = ("r1", "s1", "hf", "verl_sft")
 DEFAULT_FORMATS = ("r1", "s1", "hf")  # verl_sft embeds every image a second time: only on request
 ABILITY = "stem_perception"
+SPLIT_FILES = {
+    "r1": "parquet",
+    "s1": "jsonl",
+    "verl_sft": "parquet",
+}  # the formats written one file per split
+
+
+def _split_file(out: Path, fmt: str, split: str) -> Path:
+    """Where format ``fmt`` (one of ``SPLIT_FILES``) writes ``split`` under the exports folder ``out``."""
+    return out / fmt / f"{split}.{SPLIT_FILES[fmt]}"
 
 
 def assign_splits(
@@ -259,24 +269,21 @@ def export(
         if chosen:
             by_split[split] = ([c[0] for c in chosen], [c[1] for c in chosen])
         else:  # an earlier export's file of this split would be read as this one's
-            for stale in (out / "r1" / f"{split}.parquet", out / "s1" / f"{split}.jsonl",
-                          out / "verl_sft" / f"{split}.parquet"):  # fmt: skip
-                stale.unlink(missing_ok=True)
+            for fmt in SPLIT_FILES:
+                _split_file(out, fmt, split).unlink(missing_ok=True)
         if split != "rl" or chosen:
             report.counts[split] = len(chosen)
     atomic_write_json(out / "splits.json", splits)
     report.paths.append(str(out / "splits.json"))
     for split, (its, ps) in by_split.items():
         if "r1" in formats:
-            _write_parquet(out / "r1" / f"{split}.parquet", r1_rows(its, ps, split))
-            report.paths.append(str(out / "r1" / f"{split}.parquet"))
+            _write_parquet(_split_file(out, "r1", split), r1_rows(its, ps, split))
         if "s1" in formats:
             text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in s1_records(its))
-            atomic_write_text(out / "s1" / f"{split}.jsonl", text)
-            report.paths.append(str(out / "s1" / f"{split}.jsonl"))
+            atomic_write_text(_split_file(out, "s1", split), text)
         if "verl_sft" in formats:
-            _write_parquet(out / "verl_sft" / f"{split}.parquet", verl_sft_rows(its, ps))
-            report.paths.append(str(out / "verl_sft" / f"{split}.parquet"))
+            _write_parquet(_split_file(out, "verl_sft", split), verl_sft_rows(its, ps))
+        report.paths += [str(_split_file(out, fmt, split)) for fmt in SPLIT_FILES if fmt in formats]
     if "hf" in formats:
         _write_hf(out / "hf", by_split)
         report.paths.append(str(out / "hf"))

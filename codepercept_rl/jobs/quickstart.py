@@ -90,10 +90,14 @@ def _stage_data(out: Path, args: argparse.Namespace) -> Path:
     return data
 
 
-def r1_train_file(data: Path) -> Path:
+def _r1_train_file(data: Path) -> Path:
     """R1's prompts: the ``rl`` split when the data has one, else S1's train split."""
     rl = data / "exports" / "r1" / "rl.parquet"
-    return rl if rl.is_file() else data / "exports" / "r1" / "train.parquet"
+    if rl.is_file():
+        return rl
+    log.info("r1: %s has no rl split (built with --rl-num 0, or by an earlier version): R1 trains on S1's "
+             "train split", data)  # fmt: skip
+    return data / "exports" / "r1" / "train.parquet"
 
 
 def _tracking(args: argparse.Namespace) -> list[str]:
@@ -143,7 +147,7 @@ def _stage_r1(out: Path, data: Path, s1: Path, args: argparse.Namespace) -> Path
         f"trainer.seed={args.seed}",
         f"model.path={s1}",
         "ray.worker_niceness=0",  # R1's actors above the evaluation child (niceness 10); Ray's default is 15
-        f"data.train_files=[{r1_train_file(data)}]",
+        f"data.train_files=[{_r1_train_file(data)}]",
         f"data.val_files=[{r1 / 'validation.parquet'}]",
         *_tracking(args),
         *args.r1_override,
