@@ -181,6 +181,11 @@ class RolloutConfig:
     # over a preallocated KV cache: generate's tokens and logits, less per-token overhead); "generate": always
     # model.generate. Other models use generate either way.
     hf_decode: Literal["lean", "generate"] = "lean"
+    # How the lean loop draws a sampled token: "fast" finds the top-p nucleus among the 16 most likely tokens
+    # (sorting only a row whose nucleus is wider) and draws by inverse CDF: generate's distribution, not its
+    # random stream, at a fraction of the cost of HF's sort-based top-p and torch.multinomial on a CPU core;
+    # "hf": HF's warper and multinomial, the very tokens generate draws for a seed.
+    hf_sampler: Literal["fast", "hf"] = "fast"
     val_temperature: float = 0.0  # validation sampling (0: greedy, one sample per prompt)
     enable_sleep_mode: bool = False  # vLLM colocated with the learner on GPUs: free memory between rollouts
     # verl's name: the most bytes per weight bucket a vLLM engine loads at once (a larger tensor is one bucket).

@@ -166,6 +166,7 @@ class RolloutWorker:
                 micro_batch_size=rollout_cfg.micro_batch_size,
                 max_prompt_tokens=max_prompt_tokens,
                 decode=rollout_cfg.hf_decode,
+                sampler=rollout_cfg.hf_sampler,
             )
 
     def generate(self, prompts: Sequence[RolloutPrompt], params: SamplingParams) -> list[list[Completion]]:
@@ -312,6 +313,7 @@ class ColocatedRolloutWorker:
             micro_batch_size=rollout_cfg.micro_batch_size,
             max_prompt_tokens=max_prompt_tokens,
             decode=rollout_cfg.hf_decode,
+            sampler=rollout_cfg.hf_sampler,
         )
 
     def generate(self, prompts: Sequence[RolloutPrompt], params: SamplingParams) -> list[list[Completion]]:

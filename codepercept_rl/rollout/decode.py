@@ -16,12 +16,20 @@ machinery, the way vLLM runs its own model code on HF's weights:
   matmul, down-projection. A text token's three rope components are equal,
   so its position is ``tokens so far in the row + rope_deltas`` (HF's own rule, and the learner's: its forward
   over prompt + response gives the response the same positions);
-- **sampling**: HF's logits processors (suppressed tokens, repetition penalty, temperature, top-k, top-p) and
-  ``torch.multinomial`` on the softmax, called as ``generate``'s sampling loop calls them, on every row, finished
-  or not, so a seeded call draws the same random stream.
+- **sampling**: HF's logits processors (suppressed tokens, repetition penalty, temperature, top-k), called as
+  ``generate``'s sampling loop calls them, on every row, finished or not; then one of two samplers
+  (``Processors.sampler``):
+
+  - ``"fast"`` (the engine's default): top-p and the draw in one step over the few most likely tokens
+    (``codepercept_rl/rollout/sampling.py``): generate's distribution, its own random stream, and a fraction of
+    the time of HF's sort-based top-p and ``torch.multinomial``, which on a CPU core cost more than the model
+    step of a small policy;
+  - ``"hf"``: HF's ``TopPLogitsWarper`` and ``torch.multinomial`` on the softmax, so a seeded call draws the
+    same tokens and the same random stream as ``generate``.
 
 It is the same function as ``generate``, not an approximation: ``tests/rollout/test_lean_decode.py`` checks the
-greedy tokens and the logits of every step against ``generate`` and the log-probs against the learner's forward.
+greedy tokens and the logits of every step against ``generate`` (and, with the ``"hf"`` sampler, the sampled
+tokens and the random stream), and the log-probs against the learner's forward.
 What it supports is what it checks (``supported``): Qwen2-VL, Qwen2.5-VL and Qwen3-VL (dense) with SDPA or eager
 attention, batch-padded on the left, batches with at least one image (the rows' rope positions then come from
 the image-aware rule both HF paths share); anything else (and stop strings) stays on ``generate``.
@@ -34,6 +42,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+from codepercept_rl.rollout.sampling import SAMPLERS, sample
 
 SUPPORTED_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 
@@ -69,9 +79,15 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class Processors:
-    """HF's logits processors for one call, applied in ``generate``'s order."""
+    """HF's logits processors for one call, applied in ``generate``'s order, and how to draw from the result.
+
+    ``sampler="fast"`` leaves top-p out of ``chain`` and applies it in :meth:`sample` (``sampling.sample``);
+    ``"hf"`` keeps HF's ``TopPLogitsWarper`` in ``chain`` and draws with ``torch.multinomial``, as ``generate`` does.
+    """
 
     chain: list[Any]
+    top_p: float = 1.0
+    sampler: str = "hf"
 
     @classmethod
     def build(
@@ -83,7 +99,10 @@ class Processors:
         top_k: int,
         repetition_penalty: float,
         suppress_ids: list[int],
+        sampler: str = "hf",
     ) -> Processors:
+        if sampler not in SAMPLERS:
+            raise ValueError(f"sampler={sampler!r}: expected one of {SAMPLERS}")
         from transformers.generation.logits_process import (
             RepetitionPenaltyLogitsProcessor,
             SuppressTokensLogitsProcessor,
@@ -102,14 +121,20 @@ class Processors:
                 chain.append(TemperatureLogitsWarper(temperature))
             if top_k > 0:
                 chain.append(TopKLogitsWarper(top_k=top_k))
-            if top_p < 1.0:
+            if top_p < 1.0 and sampler == "hf":
                 chain.append(TopPLogitsWarper(top_p=top_p))
-        return cls(chain)
+        return cls(chain, top_p=top_p if sampler == "fast" else 1.0, sampler=sampler)
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         for proc in self.chain:
             scores = proc(input_ids, scores)
         return scores
+
+    def sample(self, scores: torch.Tensor) -> torch.Tensor:
+        """One token per row from the processed ``scores`` (B, V)."""
+        if self.sampler == "fast":
+            return sample(scores, self.top_p)
+        return torch.multinomial(F.softmax(scores, dim=-1), num_samples=1).squeeze(1)
 
 
 class LeanDecoder:
@@ -196,10 +221,7 @@ class LeanDecoder:
         for step in range(max_new_tokens):
             raw.append(logits)
             scores = processors(sequences[:, : prompt_len + step], logits)
-            if greedy:
-                token = torch.argmax(scores, dim=-1)
-            else:
-                token = torch.multinomial(F.softmax(scores, dim=-1), num_samples=1).squeeze(1)
+            token = torch.argmax(scores, dim=-1) if greedy else processors.sample(scores)
             token = token * unfinished + pad_id * (1 - unfinished)
             new_tokens.append(token)
             sequences[:, prompt_len + step] = token

@@ -10,9 +10,12 @@ under the top-p/top-k truncated distribution. A prompt longer than ``max_prompt_
 completions come back empty with ``finish_reason="prompt_too_long"`` and are counted in ``stats``.
 
 ``decode="lean"`` (the default) decodes Qwen-VL models with ``LeanDecoder`` (``codepercept_rl/rollout/decode.py``):
-the model's own prefill, then a hand-written step over a preallocated KV cache, the same tokens and logits as
-``generate`` at a fraction of its per-token overhead. Other models, calls with stop strings and micro-batches
-without an image use ``model.generate`` (``decode="generate"`` forces it; ``decode_fallback`` says why a lean engine fell back).
+the model's own prefill, then a hand-written step over a preallocated KV cache, the same logits as ``generate``
+at a fraction of its per-token overhead. Other models, calls with stop strings and micro-batches without an image
+use ``model.generate`` (``decode="generate"`` forces it; ``decode_fallback`` says why a lean engine fell back).
+The lean loop draws sampled tokens with ``sampler="fast"`` (the default: top-p over the few most likely tokens and
+an inverse-CDF draw, ``codepercept_rl/rollout/sampling.py``; generate's distribution, not its random stream) or
+``sampler="hf"`` (HF's top-p warper and ``torch.multinomial``: the very tokens ``generate`` draws for a seed).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Any
 import torch
 
 from codepercept_rl.rollout.decode import LeanDecoder, Processors, supported
+from codepercept_rl.rollout.sampling import SAMPLERS
 from codepercept_rl.rollout.types import (
     Completion,
     CompletionCallback,
@@ -72,6 +76,8 @@ class HFRolloutEngine:
         max_prompt_tokens: prompts longer than this (after image expansion) are skipped; None: no limit.
         decode: ``"lean"``: ``LeanDecoder`` where it supports the model, else ``generate``; ``"generate"``:
             always ``model.generate``.
+        sampler: how the lean loop draws a sampled token: ``"fast"`` (``sampling.sample``) or ``"hf"`` (HF's
+            warper and ``multinomial``, generate's random stream). ``generate`` always draws its own way.
     """
 
     def __init__(
@@ -82,9 +88,13 @@ class HFRolloutEngine:
         micro_batch_size: int = 16,
         max_prompt_tokens: int | None = None,
         decode: str = "lean",
+        sampler: str = "fast",
     ) -> None:
         if decode not in ("lean", "generate"):
             raise ValueError(f"decode={decode!r}: expected 'lean' or 'generate'")
+        if sampler not in SAMPLERS:
+            raise ValueError(f"sampler={sampler!r}: expected one of {SAMPLERS}")
+        self.sampler = sampler
         self.model = model
         self.processor = processor
         self.micro_batch_size = micro_batch_size
@@ -212,6 +222,7 @@ class HFRolloutEngine:
                     top_k=params.top_k,
                     repetition_penalty=params.repetition_penalty,
                     suppress_ids=self._suppress_ids,
+                    sampler=self.sampler,
                 )
                 self.stats["lean_sequences"] += len(chunk)
                 new_tokens, logits = self._lean.generate(

@@ -1,6 +1,7 @@
-"""LeanDecoder is generate: the same tokens, logits and random stream on tiny offline Qwen2.5-VL and Qwen3-VL
-models, a left-padded batch of prompts of different lengths with images; log-probs equal to the learner's forward
-over prompt + response (its positions, its mask); the engine falls back to generate where the loop does not apply.
+"""LeanDecoder is generate: the same tokens, logits and random stream (with the ``"hf"`` sampler) on tiny offline
+Qwen2.5-VL and Qwen3-VL models, a left-padded batch of prompts of different lengths with images; log-probs equal to
+the learner's forward over prompt + response (its positions, its mask), with either sampler; the engine falls back
+to generate where the loop does not apply. The fast sampler's distribution is checked in ``test_sampling.py``.
 """
 
 from __future__ import annotations
@@ -64,7 +65,8 @@ def test_tokens_logits_and_random_stream_equal_generate(model_processor, greedy)
     ref_logits = torch.stack(ref.logits, dim=1)
     processors = Processors.build(greedy=greedy, temperature=sampling.get("temperature", 1.0),
                                   top_p=sampling.get("top_p", 1.0), top_k=sampling.get("top_k", -1),
-                                  repetition_penalty=1.0, suppress_ids=engine._suppress_ids)  # fmt: skip
+                                  repetition_penalty=1.0, suppress_ids=engine._suppress_ids,
+                                  sampler="hf")  # fmt: skip
     torch.manual_seed(7)
     tokens, logits = LeanDecoder(model).generate(enc, max_new_tokens=40, processors=processors, greedy=greedy,
                                                  eos_ids=engine._eos_ids, pad_id=engine._pad_id)  # fmt: skip
@@ -76,13 +78,14 @@ def test_tokens_logits_and_random_stream_equal_generate(model_processor, greedy)
     assert torch.equal(after_lean, after_ref)
 
 
-def test_engine_logprobs_equal_the_learner_forward(model_processor):
+@pytest.mark.parametrize("sampler", ["fast", "hf"])
+def test_engine_logprobs_equal_the_learner_forward(model_processor, sampler):
     """The lean engine's sampled completions, fed back as the learner feeds them (prompt + response, one
     sequence, no padding), get the same log-probs: the decode positions are the learner's."""
     model, processor = model_processor
-    engine = HFRolloutEngine(model, processor, micro_batch_size=6)
+    engine = HFRolloutEngine(model, processor, micro_batch_size=6, sampler=sampler)
     assert engine.decode_fallback is None
-    out = engine.generate(_prompts(), SamplingParams(n=2, temperature=1.0, max_tokens=24, seed=3))
+    out = engine.generate(_prompts(), SamplingParams(n=2, temperature=1.0, top_p=0.9, max_tokens=24, seed=3))
     checked = 0
     for i, prompt in enumerate(_prompts()):
         enc = processor(text=[engine._prompt_text(prompt)], images=prompt.pil_images(), return_tensors="pt")
@@ -106,7 +109,7 @@ def test_engine_logprobs_equal_the_learner_forward(model_processor):
 def test_engine_decodes_the_same_either_way(model_processor):
     model, processor = model_processor
     params = SamplingParams(n=3, temperature=1.0, top_p=0.95, max_tokens=16, seed=11)
-    lean = HFRolloutEngine(model, processor, micro_batch_size=4).generate(_prompts(), params)
+    lean = HFRolloutEngine(model, processor, micro_batch_size=4, sampler="hf").generate(_prompts(), params)
     hf = HFRolloutEngine(model, processor, micro_batch_size=4, decode="generate").generate(_prompts(), params)
     assert [[c.token_ids for c in g] for g in lean] == [[c.token_ids for c in g] for g in hf]
     assert [[c.finish_reason for c in g] for g in lean] == [[c.finish_reason for c in g] for g in hf]
@@ -119,7 +122,7 @@ def test_mixed_and_text_only_batches(model_processor):
     text_only = RolloutPrompt([{"role": "user", "content": "Write matplotlib code for a red circle."}], [])
     prompts = [text_only, *_prompts()]
     params = SamplingParams(n=2, temperature=1.0, max_tokens=16, seed=5)
-    lean = HFRolloutEngine(model, processor, micro_batch_size=8)
+    lean = HFRolloutEngine(model, processor, micro_batch_size=8, sampler="hf")
     hf = HFRolloutEngine(model, processor, micro_batch_size=8, decode="generate")
     out, ref = lean.generate(prompts, params), hf.generate(prompts, params)
     assert [[c.token_ids for c in g] for g in out] == [[c.token_ids for c in g] for g in ref]
@@ -139,3 +142,5 @@ def test_fallbacks_say_why():
         LeanDecoder(model)
     with pytest.raises(ValueError, match="decode='fast'"):
         HFRolloutEngine(model, processor, decode="fast")
+    with pytest.raises(ValueError, match="sampler='multinomial'"):
+        HFRolloutEngine(model, processor, sampler="multinomial")
