@@ -1,7 +1,7 @@
 """``codepercept-rl quickstart --out DIR``: the whole idea on one CPU machine — data -> S1 -> R1 -> evaluation.
 
     make quickstart                                # set-up + this job into runs/quickstart
-    codepercept-rl quickstart --out runs/quickstart [--num 600] [--rl-num 300] [--s1-epochs 15] [--r1-steps 60]
+    codepercept-rl quickstart --out runs/quickstart [--num 600] [--rl-num 300] [--s1-epochs 15] [--r1-steps 30]
 
 Stages, each an ordinary job of this project run with its recipe and overrides (rerunning the command
 resumes: a stage whose output exists is skipped, a half-done S1 / R1 run resumes from its checkpoint):
@@ -735,7 +735,7 @@ def _parser() -> argparse.ArgumentParser:
     # Measured on held-out items (greedy colour F1): 10 epochs 0.36, 15 epochs 0.74; 10 epochs of a 1:3
     # caption:code mix (as many code rows as 15 epochs of 1:1, two thirds of the steps) 0.51, sampled exec 0.87.
     p.add_argument("--s1-epochs", type=int, default=15, help="S1 epochs over the 1:1 caption + code rows")
-    p.add_argument("--r1-steps", type=int, default=60, help="R1 GRPO steps")
+    p.add_argument("--r1-steps", type=int, default=30, help="R1 GRPO steps (8 prompts x 8 rollouts each)")
     p.add_argument("--max-tokens", type=int, default=320, help="eval: new tokens per answer")
     p.add_argument("--samples", type=int, default=12,
                    help="sampled answers per held-out item for the headline avg@k (0: greedy only)")  # fmt: skip
