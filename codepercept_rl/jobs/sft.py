@@ -60,12 +60,12 @@ from codepercept_rl.data import (
     rank_micro_batches,
 )
 from codepercept_rl.data.batching import lockstep_shard
-from codepercept_rl.data.s1 import render_prompt
 from codepercept_rl.errors import UserError
 from codepercept_rl.learner import Learner, LearnerConfig, sft_loss
 from codepercept_rl.learner import checkpoint as ckpt
 from codepercept_rl.learner.dist import init_distributed, resolve_device
 from codepercept_rl.plan import check_placement
+from codepercept_rl.rollout import HFRolloutEngine, RolloutPrompt, SamplingParams
 from codepercept_rl.tracking import Tracker, read_metrics
 from codepercept_rl.utils.run import prepare_run_dir, seed_everything
 
@@ -388,8 +388,10 @@ def generation_check(run: SFTRun) -> dict[str, float]:
     forward (kept until the check ends, :func:`_kept_gathered`: not re-gathered for every token), so all ranks
     run their forwards together: ``generate(synced_gpus=True)`` keeps a rank that finished early stepping until
     all have, and shards are padded to equal counts, grouped so that each call runs the vision tower on all
-    ranks or on none. One rank needs no gathering: it generates with the plain module that shares the learner's
-    weights. Each rank scores and renders its answers in its own pool; the results are gathered, in row order,
+    ranks or on none. One rank needs no gathering: it answers all rows in one batch with the plain module that
+    shares the learner's weights, through the lean decode loop R1 and the evaluation use. Both paths go through
+    ``HFRolloutEngine`` (vision placeholders suppressed, ``<|im_end|>`` an end token), so they give the same
+    answers. Each rank scores and renders its answers in its own pool; the results are gathered, in row order,
     for the metrics (every rank) and the table (rank 0).
 
     ``val/exec_rate``: share of answers whose code rendered a figure; ``val/render_score``: mean render
@@ -404,15 +406,21 @@ def generation_check(run: SFTRun) -> dict[str, float]:
         return {}
     calls = lockstep_shard([run.val.n_images[i] > 0 for i in rows], learner.dist.rank, world)
     model = learner.rollout_model() if world == 1 else learner.model.eval()
+    # One rank: all rows in one batch through the lean decode loop (R1's and the evaluation's engine). Several:
+    # one row per call, every rank at once (generate(synced_gpus=True) over the sharded model).
+    engine = HFRolloutEngine(
+        model, learner.processor, micro_batch_size=max(len(calls), 1), synced_gpus=world > 1
+    )
+    greedy = SamplingParams(n=1, temperature=0.0, max_tokens=cfg.sft.gen_max_new_tokens)
+    batches = [calls] if world == 1 else [[call] for call in calls]
     answers: list[tuple[int, S1Example, str]] = []  # (position in rows, row, completion)
     try:
         with _kept_gathered(learner.model) if world > 1 else contextlib.nullcontext():
-            for pos, counted in calls:
-                e = run.val[rows[pos]]
-                completion = _greedy(model, learner.processor, e, learner.dist.device, cfg.sft.gen_max_new_tokens,
-                                     synced=world > 1)  # fmt: skip
-                if counted:
-                    answers.append((pos, e, completion))
+            for batch in batches:
+                examples = [run.val[rows[pos]] for pos, _ in batch]
+                outs = engine.generate([_generation_prompt(e) for e in examples], greedy)
+                answers += [(pos, e, out[0].text) for (pos, counted), e, out in zip(batch, examples, outs, strict=True)
+                            if counted]  # fmt: skip
     finally:
         learner.model.train()
     # The row's image is the target: the pool runs the code in its sandbox and compares the render with it.
@@ -442,22 +450,10 @@ def generation_check(run: SFTRun) -> dict[str, float]:
     }  # fmt: skip
 
 
-def _greedy(
-    model: torch.nn.Module,
-    processor: Any,
-    e: S1Example,
-    device: torch.device,
-    max_new_tokens: int,
-    synced: bool,
-) -> str:
-    """The greedy answer to row ``e``'s prompt (the conversation up to its last assistant turn)."""
-    prompt_messages = e.messages[: max(i for i, m in enumerate(e.messages) if m["role"] == "assistant")]
-    inputs = processor(
-        text=[render_prompt(processor, prompt_messages)], images=e.images or None, return_tensors="pt"
-    ).to(device)
-    with torch.no_grad():
-        out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, synced_gpus=synced)
-    return processor.tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+def _generation_prompt(e: S1Example) -> RolloutPrompt:
+    """Row ``e``'s prompt: its conversation up to its last assistant turn, with its images."""
+    last = max(i for i, m in enumerate(e.messages) if m["role"] == "assistant")
+    return RolloutPrompt(list(e.messages[:last]), list(e.images))
 
 
 @contextlib.contextmanager

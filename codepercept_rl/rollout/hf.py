@@ -78,6 +78,9 @@ class HFRolloutEngine:
             always ``model.generate``.
         sampler: how the lean loop draws a sampled token: ``"fast"`` (``sampling.sample``) or ``"hf"`` (HF's
             warper and ``multinomial``, generate's random stream). ``generate`` always draws its own way.
+        synced_gpus: the ranks of a sharded (FSDP) model call ``generate`` together, one call per rank at a time:
+            ``generate(synced_gpus=True)`` keeps a rank whose rows have ended stepping until every rank's have
+            (each step's forward gathers weights from all ranks). Always ``generate``, never the lean loop.
     """
 
     def __init__(
@@ -89,12 +92,14 @@ class HFRolloutEngine:
         max_prompt_tokens: int | None = None,
         decode: str = "lean",
         sampler: str = "fast",
+        synced_gpus: bool = False,
     ) -> None:
         if decode not in ("lean", "generate"):
             raise ValueError(f"decode={decode!r}: expected 'lean' or 'generate'")
         if sampler not in SAMPLERS:
             raise ValueError(f"sampler={sampler!r}: expected one of {SAMPLERS}")
         self.sampler = sampler
+        self.synced_gpus = synced_gpus
         self.model = model
         self.processor = processor
         self.micro_batch_size = micro_batch_size
@@ -116,7 +121,10 @@ class HFRolloutEngine:
         # A policy must never emit vision placeholders: the model would look for image features for them
         # when the completion is fed back (old log-probs, the update) and fail.
         self._suppress_ids = vision_token_ids(tok)
-        self.decode_fallback = supported(model) if decode == "lean" else "decode='generate'"
+        if synced_gpus:
+            self.decode_fallback: str | None = "synced_gpus=True (ranks in lockstep)"
+        else:
+            self.decode_fallback = supported(model) if decode == "lean" else "decode='generate'"
         self._lean = LeanDecoder(model) if self.decode_fallback is None else None
 
     # ------------------------------------------------------------------------------------------------------------
@@ -186,6 +194,7 @@ class HFRolloutEngine:
             "output_logits": True,
             "repetition_penalty": params.repetition_penalty,
             "suppress_tokens": self._suppress_ids or None,
+            "synced_gpus": self.synced_gpus,
         }
         if not greedy:
             gen_kwargs.update(
