@@ -3,7 +3,8 @@
 HF's sampling step is ``TopPLogitsWarper`` (a full sort of every row, a softmax and a cumsum over it, a scatter
 back) followed by ``torch.multinomial`` on the softmax. On a CPU core both are slow beside the model step of a
 small policy: measured at 1 thread on 16 x 2,048 fp32 logits, the sort takes 2.3 ms and ``multinomial`` 1.1 ms,
-while a softmax takes 27 us (``benchmarks/sampling.py``). :func:`sample` draws from the same distribution in a
+while a softmax takes 27 us (timed on their own; the whole loop: ``benchmarks/hf_decode.py --model ... --top-p
+0.85``). :func:`sample` draws from the same distribution in a
 fraction of that:
 
 - **the nucleus among a few candidates**: the ``candidates`` most likely tokens (``torch.topk``, sorted). Their
