@@ -49,6 +49,7 @@ from codepercept_rl.learner.fsdp import (
 from codepercept_rl.learner.logprobs import lm_head_logprobs
 from codepercept_rl.learner.optim import build_optimizer, build_scheduler
 from codepercept_rl.learner.packing import pack, unpack
+from codepercept_rl.models.patch_embed import use_linear_patch_embed
 from codepercept_rl.models.processor import load_processor
 from codepercept_rl.models.tiny import build_tiny_model, load_model
 
@@ -157,6 +158,7 @@ class Learner:
         elif model is None:
             model, processor = load_policy(cfg.model, seed=cfg.seed)
         self.processor = processor
+        use_linear_patch_embed(model)  # the vision tower's patch conv as one matmul (same parameters)
         self.attn_implementation = pick_attn_implementation(cfg.model.attn_implementation, self.dist.device)
         model.set_attn_implementation(self.attn_implementation)
         if cfg.model.freeze_vision_tower:
@@ -585,6 +587,7 @@ class Learner:
     def _plain_model(self, dtype: torch.dtype, device: torch.device) -> PreTrainedModel:
         with device:
             model = self._model_cls._from_config(self.config, dtype=dtype)
+        use_linear_patch_embed(model)
         model.generation_config = self.generation_config
         return model.eval()
 

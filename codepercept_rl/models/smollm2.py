@@ -27,6 +27,7 @@ from tokenizers import Tokenizer
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM, PreTrainedModel
 from transformers.processing_utils import ProcessorMixin
 
+from codepercept_rl.models.patch_embed import use_linear_patch_embed
 from codepercept_rl.models.processor import make_processor
 from codepercept_rl.models.spec import TinyModelSpec
 from codepercept_rl.models.tiny import MODEL_CLASSES, make_config, save_model, set_generation_defaults
@@ -94,6 +95,7 @@ def graft(
     config = make_config("qwen2_5_vl", spec, tokenizer)
     torch.manual_seed(seed)
     model = MODEL_CLASSES["qwen2_5_vl"](config).eval()
+    use_linear_patch_embed(model)
     lm = model.model.language_model
 
     source = llama.model.state_dict()

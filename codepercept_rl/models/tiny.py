@@ -30,6 +30,7 @@ from transformers import (
 )
 from transformers.processing_utils import ProcessorMixin
 
+from codepercept_rl.models.patch_embed import use_linear_patch_embed
 from codepercept_rl.models.processor import (
     VISION_TOKENS,
     load_processor,
@@ -165,6 +166,7 @@ def build_tiny_model(
     config = make_config(arch, spec, tokenizer)
     torch.manual_seed(seed)
     model = MODEL_CLASSES[arch](config).eval()
+    use_linear_patch_embed(model)
     set_generation_defaults(model, tokenizer)
     processor = make_processor(arch, spec, tokenizer)
     if out_dir is not None:
@@ -186,4 +188,5 @@ def load_model(path: str | Path) -> tuple[PreTrainedModel, ProcessorMixin]:
     if config.model_type not in ARCHS:
         raise ValueError(f"{path}: model_type {config.model_type!r} is not one of {ARCHS}")
     model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32).eval()
+    use_linear_patch_embed(model)
     return model, load_processor(path, config.model_type)
