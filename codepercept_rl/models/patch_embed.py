@@ -4,9 +4,10 @@ Qwen2-VL, Qwen2.5-VL and Qwen3-VL embed an image as non-overlapping patches of `
 pixels (kernel == stride, no padding), and their processors hand the tower the patches already cut out: the
 conv's input is ``(N, C, t, p, p)``, exactly one kernel per patch. The convolution is then a matrix product of the
 flattened patches with the flattened kernel, and computing it as one is what vLLM's Qwen-VL model code does.
-On a CPU the difference is large: PyTorch's 3-D convolution has no fast path for this shape, and its backward
-is the slowest op of a tiny model's training step (measured at 1 thread, 256 patches into 128 channels:
-forward + backward 46.7 ms as ``Conv3d``, 2.3 ms as a matmul, fp32; in bf16 63.1 ms against 1.1 ms).
+On a CPU the op itself is much faster so: PyTorch's 3-D convolution has no fast path for this shape (measured
+at 1 thread, 256 patches into 128 channels, forward + backward: 46.7 ms as ``Conv3d``, 2.3 ms as a matmul in
+fp32; 63.1 ms against 1.1 ms in bf16). In a whole step it is a small share: the quickstart's S1 step went from
+0.236 s to 0.225 s.
 
 :func:`use_linear_patch_embed` swaps such convs' class in place for :class:`PatchConv3d`: same parameters (the
 5-D ``weight`` and ``bias``, so checkpoints, state dicts, FSDP2 shards and vLLM's loader see the same names and
