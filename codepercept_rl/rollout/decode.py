@@ -175,10 +175,17 @@ class LeanDecoder:
         greedy: bool,
         eos_ids: list[int],
         pad_id: int,
+        repeats: list[int] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns ``(new_tokens (B, T), raw_logits (B, T, V))`` as ``generate(..., output_logits=True)`` does:
         ``T`` is the step at which every row had ended (EOS) or ``max_new_tokens``; rows that ended earlier are
-        padded with ``pad_id`` after their EOS."""
+        padded with ``pad_id`` after their EOS.
+
+        ``repeats`` (one count per row of ``inputs``) decodes row ``u`` of ``inputs`` ``repeats[u]`` times, as if
+        it were repeated that many times in a row (``B = sum(repeats)``): the prompt is prefilled once and its
+        KV cache copied to its samples, as vLLM's prefix cache does for the ``n`` samples of a request. The
+        samples are drawn independently from there on.
+        """
         if not self.accepts(inputs):
             raise ValueError("LeanDecoder.generate needs a batch with at least one image (use generate)")
         if max_new_tokens < 1:
@@ -187,25 +194,39 @@ class LeanDecoder:
         mask = inputs.get("attention_mask")
         if mask is None:
             mask = torch.ones_like(input_ids)
-        batch, prompt_len = input_ids.shape
+        if repeats is not None and (len(repeats) != input_ids.shape[0] or min(repeats, default=0) < 1):
+            raise ValueError(f"repeats={repeats}: one count >= 1 per prompt row ({input_ids.shape[0]} rows)")
+        prompt_len = input_ids.shape[1]
         self.model.model.rope_deltas = None  # this prefill's, never a previous call's
         out = self.model(**inputs, use_cache=True, logits_to_keep=1)
         layers = self._fused()
         rope_deltas = self.model.model.rope_deltas
         if rope_deltas is None:
-            rope_deltas = torch.zeros(batch, 1, dtype=torch.long, device=input_ids.device)
+            rope_deltas = torch.zeros(input_ids.shape[0], 1, dtype=torch.long, device=input_ids.device)
         cache = out["cache"] if "cache" in out else out["past_key_values"]  # the field's name before HF 5.40
+        logits = out.logits[:, -1].to(copy=True, dtype=torch.float32)
+        index = None
+        if repeats is not None:  # each prompt row's state, copied to its samples
+            index = torch.repeat_interleave(
+                torch.arange(len(repeats), device=input_ids.device), torch.tensor(repeats, device=input_ids.device)
+            )  # fmt: skip
+            input_ids, mask, rope_deltas, logits = (
+                input_ids[index],
+                mask[index],
+                rope_deltas[index],
+                logits[index],
+            )
+        batch = input_ids.shape[0]
         total = prompt_len + max_new_tokens
         keys, values = [], []
         for i in range(len(self.layers)):
             k, v = _layer_kv(cache, i)
             kbuf = k.new_empty(batch, k.shape[1], total, k.shape[3])
             vbuf = v.new_empty(batch, v.shape[1], total, v.shape[3])
-            kbuf[:, :, :prompt_len] = k
-            vbuf[:, :, :prompt_len] = v
+            kbuf[:, :, :prompt_len] = k if index is None else k[index]
+            vbuf[:, :, :prompt_len] = v if index is None else v[index]
             keys.append(kbuf)
             values.append(vbuf)
-        logits = out.logits[:, -1].to(copy=True, dtype=torch.float32)
         del cache, out
         attn_mask = torch.zeros(batch, 1, 1, total, dtype=torch.bool, device=input_ids.device)
         attn_mask[:, 0, 0, :prompt_len] = mask.bool()

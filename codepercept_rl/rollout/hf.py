@@ -11,11 +11,13 @@ completions come back empty with ``finish_reason="prompt_too_long"`` and are cou
 
 ``decode="lean"`` (the default) decodes Qwen-VL models with ``LeanDecoder`` (``codepercept_rl/rollout/decode.py``):
 the model's own prefill, then a hand-written step over a preallocated KV cache, the same logits as ``generate``
-at a fraction of its per-token overhead. Other models, calls with stop strings and micro-batches without an image
-use ``model.generate`` (``decode="generate"`` forces it; ``decode_fallback`` says why a lean engine fell back).
-The lean loop draws sampled tokens with ``sampler="fast"`` (the default: top-p over the few most likely tokens and
-an inverse-CDF draw, ``codepercept_rl/rollout/sampling.py``; generate's distribution, not its random stream) or
-``sampler="hf"`` (HF's top-p warper and ``torch.multinomial``: the very tokens ``generate`` draws for a seed).
+at a fraction of its per-token overhead; a prompt's samples in one micro-batch share its prefill (the prompt
+runs once, its KV cache is copied to each sample), as vLLM's prefix cache shares it. Other models, calls with stop
+strings and micro-batches without an image use ``model.generate`` (``decode="generate"`` forces it;
+``decode_fallback`` says why a lean engine fell back). The lean loop draws sampled tokens with ``sampler="fast"``
+(the default: top-p over the few most likely tokens and an inverse-CDF draw, ``codepercept_rl/rollout/sampling.py``;
+generate's distribution, not its random stream) or ``sampler="hf"`` (HF's top-p warper and ``torch.multinomial``:
+the very tokens ``generate`` draws for a seed).
 """
 
 from __future__ import annotations
@@ -104,12 +106,14 @@ class HFRolloutEngine:
         self.processor = processor
         self.micro_batch_size = micro_batch_size
         self.max_prompt_tokens = max_prompt_tokens
-        # lean_sequences: how many of the generated sequences the lean loop decoded (the rest: generate)
+        # lean_sequences: how many of the generated sequences the lean loop decoded (the rest: generate);
+        # prefilled_prompts: the prefills it ran for them (a prompt's samples in one micro-batch share one)
         self.stats = {
             "prompts_too_long": 0,
             "generated_sequences": 0,
             "generated_tokens": 0,
             "lean_sequences": 0,
+            "prefilled_prompts": 0,
         }
         tok = processor.tokenizer
         self._pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
@@ -214,16 +218,30 @@ class HFRolloutEngine:
     ) -> list[Completion]:
         tok = self.processor.tokenizer
         tok.padding_side = "left"  # generation continues from the right end of every row
-        batch_texts = [texts[i] for i, _ in chunk]
-        batch_images = [img for i, _ in chunk for img in images[i]]
-        enc = self.processor(text=batch_texts, images=batch_images or None, padding=True, return_tensors="pt")
         device = next(self.model.parameters()).device
-        enc = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in enc.items()}
+
+        def encode(rows: list[int]) -> dict[str, Any]:
+            batch_images = [img for i in rows for img in images[i]]
+            enc = self.processor(text=[texts[i] for i in rows], images=batch_images or None, padding=True,
+                                 return_tensors="pt")  # fmt: skip
+            return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in enc.items()}
+
+        # A prompt's samples are adjacent in the chunk: the lean loop prefills each prompt once for all of them.
+        prompts: list[int] = []
+        repeats: list[int] = []
+        for i, _ in chunk:
+            if prompts and prompts[-1] == i:
+                repeats[-1] += 1
+            else:
+                prompts.append(i)
+                repeats.append(1)
+        lean = self._lean is not None and not params.stop
+        enc = encode(prompts if lean else [i for i, _ in chunk])
         greedy = params.temperature == 0
         was_training = self.model.training
         self.model.eval()
         try:
-            if self._lean is not None and not params.stop and self._lean.accepts(enc):
+            if lean and self._lean.accepts(enc):
                 processors = Processors.build(
                     greedy=greedy,
                     temperature=params.temperature,
@@ -234,6 +252,7 @@ class HFRolloutEngine:
                     sampler=self.sampler,
                 )
                 self.stats["lean_sequences"] += len(chunk)
+                self.stats["prefilled_prompts"] += len(prompts)
                 new_tokens, logits = self._lean.generate(
                     enc,
                     max_new_tokens=params.max_tokens,
@@ -241,8 +260,11 @@ class HFRolloutEngine:
                     greedy=greedy,
                     eos_ids=self._eos_ids,
                     pad_id=self._pad_id,
+                    repeats=repeats if len(prompts) < len(chunk) else None,
                 )
             else:
+                if lean:  # no image in the chunk: generate, on every row
+                    enc = encode([i for i, _ in chunk])
                 out = self.model.generate(**enc, **self._generate_kwargs(params, greedy))
                 new_tokens = out.sequences[:, enc["input_ids"].shape[1] :]  # (B, T_new)
                 logits = torch.stack(out.logits, dim=1).float()  # (B, T_new, V)

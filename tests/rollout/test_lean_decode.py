@@ -107,12 +107,47 @@ def test_engine_logprobs_equal_the_learner_forward(model_processor, sampler):
 
 
 def test_engine_decodes_the_same_either_way(model_processor):
+    """n=3 in micro-batches of 4: the lean engine prefills each prompt once per micro-batch for its samples
+    there (7 prefills for 9 sequences) and still draws generate's tokens, which prefills every row."""
     model, processor = model_processor
     params = SamplingParams(n=3, temperature=1.0, top_p=0.95, max_tokens=16, seed=11)
-    lean = HFRolloutEngine(model, processor, micro_batch_size=4, sampler="hf").generate(_prompts(), params)
+    engine = HFRolloutEngine(model, processor, micro_batch_size=4, sampler="hf")
+    lean = engine.generate(_prompts(), params)
     hf = HFRolloutEngine(model, processor, micro_batch_size=4, decode="generate").generate(_prompts(), params)
     assert [[c.token_ids for c in g] for g in lean] == [[c.token_ids for c in g] for g in hf]
     assert [[c.finish_reason for c in g] for g in lean] == [[c.finish_reason for c in g] for g in hf]
+    assert engine.stats["lean_sequences"] == 9 and engine.stats["prefilled_prompts"] == 2 + 2 + 1
+
+
+def test_shared_prefill_equals_repeated_rows(model_processor):
+    """``repeats``: one prefill per prompt, its cache copied to the samples, gives the logits of every step of
+    the batch with the rows repeated (greedy: the same tokens)."""
+    model, processor = model_processor
+    engine = HFRolloutEngine(model, processor)
+    enc = _inputs(engine)
+    repeats = [2, 1, 3]
+    index = torch.repeat_interleave(torch.arange(3), torch.tensor(repeats))
+    patches = enc["image_grid_thw"].prod(-1)
+    starts = torch.cat([torch.zeros(1, dtype=torch.long), patches.cumsum(0)])
+    repeated = {
+        "input_ids": enc["input_ids"][index], "attention_mask": enc["attention_mask"][index],
+        "pixel_values": torch.cat([enc["pixel_values"][starts[i] : starts[i + 1]] for i in index.tolist()]),
+        "image_grid_thw": enc["image_grid_thw"][index],
+    }  # fmt: skip
+    if "mm_token_type_ids" in enc:
+        repeated["mm_token_type_ids"] = enc["mm_token_type_ids"][index]
+    lean = LeanDecoder(model)
+    processors = Processors.build(greedy=True, temperature=1.0, top_p=1.0, top_k=0, repetition_penalty=1.0,
+                                  suppress_ids=[])  # fmt: skip
+    kwargs = {"max_new_tokens": 12, "processors": processors, "greedy": True, "eos_ids": engine._eos_ids,
+              "pad_id": engine._pad_id}  # fmt: skip
+    shared_tokens, shared_logits = lean.generate(enc, repeats=repeats, **kwargs)
+    ref_tokens, ref_logits = lean.generate(repeated, **kwargs)
+    assert shared_tokens.shape[0] == sum(repeats)
+    assert torch.equal(shared_tokens, ref_tokens)
+    torch.testing.assert_close(shared_logits, ref_logits, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="one count >= 1 per prompt row"):
+        lean.generate(enc, repeats=[2, 1], **kwargs)
 
 
 def test_mixed_and_text_only_batches(model_processor):
