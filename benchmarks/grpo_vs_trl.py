@@ -49,6 +49,12 @@ What is not the same (and is part of what is measured):
 - ours trains the model wrapped by FSDP2 in a one-rank gloo group (the same code path as N ranks), TRL the
   plain module; ours also computes the entropy of the sampling policy in the update's forward (TRL computes
   its entropies there too);
+- ours runs each prompt once for its group, TRL once per completion: in generation (the lean decode loop
+  prefills a prompt once and copies its KV cache to its G samples, ``rollout/hf.py``) and in the update's forward
+  (the recipe's ``actor.use_prefix_grouper=true``: one row ``[prompt | response 1 | ... | response G]`` with a
+  mask that keeps the responses apart, ``learner/prefix_grouper.py``); the log-probs and gradients are those
+  of the repeated rows (its tests check this), the compute is not. ``--ours-override
+  actor.use_prefix_grouper=false`` times ours without the latter;
 - ours registers the target images with the reward pool once; TRL's reward sends the target PNG per call;
 - seconds/step of ours is the wall time of ``grpo_step`` plus logging its metrics; of TRL the time between
   consecutive ``on_step_end`` callbacks (its dataloader, ``training_step``, optimizer step and logging).

@@ -142,6 +142,11 @@ class ActorConfig:
     # ``on_policy``), the sampling policy's log-probs are the update's own, detached: the separate old_log_prob
     # forward is skipped (ratio 1, same gradient). true: always run that forward, as verl's trainer does.
     recompute_log_prob: bool = False
+    # verl's actor.use_prefix_grouper: the learner's forwards (update, old and reference log-probs) run each prompt
+    # once per micro-batch for all of its group's responses, each attending to it (learner/prefix_grouper.py):
+    # the same log-probs and gradients for p + G*r token-forwards instead of G*(p + r). Needs sdpa or eager
+    # attention (a 4-D mask); the mask is dense, (p + G*r)^2 per group, so it suits short-to-medium contexts.
+    use_prefix_grouper: bool = False
 
 
 @dataclass

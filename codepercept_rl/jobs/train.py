@@ -174,6 +174,7 @@ def setup(cfg: JobConfig, resume: bool = False) -> GRPORun:
         seed=cfg.trainer.seed,
         device=cfg.trainer.device,
         temperature=cfg.rollout.temperature,  # log-probs of the distribution the rollouts were drawn from
+        use_prefix_grouper=cfg.actor.use_prefix_grouper,
     )
     learners, reference = build_learners(cfg, learner_cfg, num_gpus_per_rank=1.0 if on_gpu else 0.0)
     if cfg.rollout.hybrid_engine:
@@ -493,8 +494,15 @@ def _cut_at_vision_tokens(ids: list[int], vision_ids: frozenset[int]) -> list[in
     return ids
 
 
-def _split(seqs: list[int], parts: int) -> list[list[int]]:
-    return [seqs[r::parts] for r in range(parts)]
+def _split(seqs: list[int], parts: int, whole_groups: bool = False) -> list[list[int]]:
+    """``parts`` shares of ``seqs`` (sizes within one of each other): strided, or in contiguous runs with
+    ``whole_groups`` (a group's rollouts are adjacent, so they land on one rank and share their prompt's
+    forward there: ``actor.use_prefix_grouper``, verl's group-level balancing)."""
+    if not whole_groups:
+        return [seqs[r::parts] for r in range(parts)]
+    size, extra = divmod(len(seqs), parts)
+    bounds = [r * size + min(r, extra) for r in range(parts + 1)]
+    return [seqs[bounds[r] : bounds[r + 1]] for r in range(parts)]
 
 
 def _logprobs(
@@ -502,7 +510,7 @@ def _logprobs(
 ) -> list[torch.Tensor]:
     """Response log-probs of ``order`` under ``group``'s current weights (every rank gets a share); when
     ``entropy`` is a list, the per-token entropies of the responses are appended to it."""
-    shares = _split(list(range(len(order))), run.world_size)
+    shares = _split(list(range(len(order))), run.world_size, run.cfg.actor.use_prefix_grouper)
     mbs = [build_micro_batches(batch, [order[k] for k in share], run.encoder, run.cfg.actor.ppo_micro_batch_size_per_device)
            for share in shares]  # fmt: skip
     want_entropy = entropy is not None
@@ -640,7 +648,7 @@ def grpo_step(run: GRPORun) -> dict[str, float]:
                 continue
             tokens = sum(len(kept.rollouts[i].token_ids) for i in seqs)
             normalizer = run.loss.normalizer(tokens, len(seqs))
-            shares = _split(seqs, run.world_size)
+            shares = _split(seqs, run.world_size, cfg.actor.use_prefix_grouper)
             per_rank = []
             for share in shares:
                 mbs = build_micro_batches(

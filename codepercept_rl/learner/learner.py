@@ -49,6 +49,7 @@ from codepercept_rl.learner.fsdp import (
 from codepercept_rl.learner.logprobs import lm_head_logprobs
 from codepercept_rl.learner.optim import build_optimizer, build_scheduler
 from codepercept_rl.learner.packing import pack, unpack
+from codepercept_rl.learner.prefix_grouper import group_prefixes, scatter
 from codepercept_rl.models.patch_embed import use_linear_patch_embed
 from codepercept_rl.models.processor import load_processor
 from codepercept_rl.models.tiny import build_tiny_model, load_model
@@ -87,6 +88,9 @@ class LearnerConfig:
     trainable: bool = True
     # Parameter shards in host memory between forwards (verl ``ref.fsdp_config.param_offload``).
     param_offload: bool = False
+    # verl ``actor.use_prefix_grouper``: rows of a micro-batch that share their prompt (a GRPO group) run it once,
+    # each response attending to it (prefix_grouper.py); the same log-probs and gradients, less compute.
+    use_prefix_grouper: bool = False
 
     def __post_init__(self) -> None:
         if not self.temperature > 0:
@@ -219,6 +223,8 @@ class Learner:
         self, mb: MicroBatch, with_entropy: bool, loss_positions_only: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         mb = mb.to(self.dist.device)
+        if self.cfg.use_prefix_grouper:
+            return self._forward_grouped(mb, with_entropy)
         if self.cfg.model.use_remove_padding:
             return self._forward_packed(mb, with_entropy)
         B, T = mb.input_ids.shape
@@ -239,7 +245,11 @@ class Learner:
         return F.pad(logprobs, (first, 0)), entropy  # (B, T)
 
     def _head_logprobs(
-        self, targets: torch.Tensor, with_entropy: bool, **model_inputs: Any
+        self,
+        targets: torch.Tensor,
+        with_entropy: bool,
+        positions: torch.Tensor | None = None,
+        **model_inputs: Any,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The model's forward with its LM head returning log p(``targets``) (and the entropy) in chunks."""
         with lm_head_logprobs(
@@ -248,6 +258,7 @@ class Learner:
             temperature=self.cfg.temperature,
             chunk_size=self.cfg.model.logprob_chunk_size,
             with_entropy=with_entropy,
+            positions=positions,
         ) as head:
             logprobs = self.model(**model_inputs, use_cache=False).logits
         return logprobs, head.entropy if with_entropy else None
@@ -258,6 +269,19 @@ class Learner:
         packed = pack(self.model, mb)
         logprobs, entropy = self._head_logprobs(packed.input_ids[:, 1:], with_entropy, **packed.inputs)
         return unpack(logprobs, packed), unpack(entropy, packed) if entropy is not None else None
+
+    def _forward_grouped(
+        self, mb: MicroBatch, with_entropy: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """:meth:`_forward` with each shared prompt run once (``use_prefix_grouper``, :mod:`~codepercept_rl.learner.
+        prefix_grouper`): the response tokens' log-probs (and entropy) in the (B, T) layout, 0 on the prompts."""
+        grouped = group_prefixes(
+            self.model, mb, self.attn_implementation, compute_dtype(self.cfg.model.dtype)
+        )
+        logprobs, entropy = self._head_logprobs(
+            grouped.targets, with_entropy, positions=grouped.source, **grouped.inputs
+        )
+        return scatter(logprobs, grouped), scatter(entropy, grouped) if entropy is not None else None
 
     def train_step(
         self,

@@ -109,12 +109,17 @@ def lm_head_logprobs(
     temperature: float = 1.0,
     chunk_size: int = 512,
     with_entropy: bool = False,
+    positions: torch.Tensor | None = None,
 ) -> Iterator[HeadOutputs]:
     """For the model calls inside the block, its LM head returns next-token log-probs instead of logits.
 
     The head receives the hidden states the model keeps (``logits_to_keep`` positions, (B, K, H)); position k
     predicts ``targets[:, k]`` for k < K-1 and the last position predicts nothing, so the "logits" the model returns
     are (B, K-1) log-probs. ``targets`` is (B, K-1).
+
+    With ``positions`` (M,) the head scores ``targets`` (M,) from the hidden states at those flat indices of
+    (B * K): any state, any number of times (the prefix grouper scores G first tokens from one prompt state);
+    the model then returns (M,) log-probs.
     """
     head = model.get_output_embeddings()
     out = HeadOutputs()
@@ -124,6 +129,21 @@ def lm_head_logprobs(
 
     def forward(hidden: torch.Tensor) -> torch.Tensor:
         B, K, H = hidden.shape
+        if positions is not None:
+            if targets.shape != positions.shape:
+                raise ValueError(
+                    f"lm_head_logprobs: targets {tuple(targets.shape)} for positions {tuple(positions.shape)}"
+                )
+            rows = hidden.reshape(-1, H)[positions]
+            logprobs, out.entropy = chunked_token_logprobs(
+                rows,
+                head.weight,
+                targets,
+                temperature=temperature,
+                chunk_size=chunk_size,
+                with_entropy=with_entropy,
+            )
+            return logprobs
         if targets.shape != (B, K - 1):
             raise ValueError(
                 f"lm_head_logprobs: targets {tuple(targets.shape)} for hidden states {(B, K, H)}"

@@ -81,6 +81,42 @@ def test_on_policy_update_skips_the_old_log_prob_forward_and_matches_the_recompu
         assert torch.allclose(fast_w[name], slow_value, rtol=1e-5, atol=1e-6), name
 
 
+def test_prefix_grouper_step_matches_the_padded_step(r1_files, tmp_path):
+    # actor.use_prefix_grouper: each prompt runs once per micro-batch for its group; the step (old log-probs
+    # recomputed, a KL loss to the reference: every learner forward) is the padded step's up to float noise.
+    common = ("actor.ppo_mini_batch_size=2", "trainer.total_training_steps=1", "rollout.hybrid_engine=true",
+              "actor.recompute_log_prob=true", "actor.use_kl_loss=true")  # fmt: skip
+    results = {}
+    for grouped in (False, True):
+        run = setup(_local(r1_files, tmp_path, f"grouped_{grouped}", *common,
+                           f"actor.use_prefix_grouper={str(grouped).lower()}"))  # fmt: skip
+        try:
+            learner = _learner(run)
+            assert learner.cfg.use_prefix_grouper is grouped
+            calls = []
+
+            def spy(mb, *args, _real=learner._forward_grouped, _seen=calls, **kwargs):
+                _seen.append(mb.num_sequences)
+                return _real(mb, *args, **kwargs)
+
+            learner._forward_grouped = spy
+            metrics = grpo_step(run)
+            weights = {k: v.clone() for k, v in learner.state_dict_for_rollout().items()}
+        finally:
+            cleanup(run)
+        assert bool(calls) is grouped  # old log-probs and the update went through the grouped forward
+        results[grouped] = (metrics, weights)
+    (padded, padded_w), (fast, fast_w) = results[False], results[True]
+    for key in ("critic/score/mean", "critic/advantages/max", "response_length/mean"):
+        assert fast[key] == padded[key], key  # the same rollouts
+    for key in ("actor/pg_loss", "actor/kl_loss", "actor/ppo_kl"):
+        assert fast[key] == pytest.approx(padded[key], abs=1e-5), key
+    for key in ("actor/grad_norm", "actor/entropy"):
+        assert fast[key] == pytest.approx(padded[key], rel=1e-4), key
+    for name, value in padded_w.items():
+        assert torch.allclose(fast_w[name], value, rtol=1e-5, atol=1e-6), name
+
+
 @pytest.mark.timeout(600)
 def test_colocated_rollout_matches_split_through_ray(r1_files, tmp_path):
     ray = pytest.importorskip("ray")
