@@ -736,7 +736,7 @@ def _parser() -> argparse.ArgumentParser:
     # caption:code mix (as many code rows as 15 epochs of 1:1, two thirds of the steps) 0.51, sampled exec 0.87.
     # 13, not 15: two epochs (about 30 s of the job on 2 cores) for the job to fit in 10 minutes, at a cost: on one
     # host, S1's greedy colour F1 0.65 and reward 3.328 with 13 epochs against 0.84 and 3.381 with 15 (sampled exec
-    # 0.998 both). The fresh-clone figures in the README are with 13.
+    # 0.998 and 1.000). The fresh-clone figures in the README are with 13.
     p.add_argument("--s1-epochs", type=int, default=13, help="S1 epochs over the 1:1 caption + code rows")
     p.add_argument("--r1-steps", type=int, default=30, help="R1 GRPO steps (8 prompts x 8 rollouts each)")
     p.add_argument("--max-tokens", type=int, default=320, help="eval: new tokens per answer")
