@@ -12,7 +12,7 @@ resumes: a stage whose output exists is skipped, a half-done S1 / R1 run resumes
 2. ``s1``: SFT of a tiny Qwen2.5-VL built offline from scratch (``recipes/s1_tiny_cpu.yaml``, ``DIR/runs/s1``);
 3. ``r1``: GRPO from the S1 model through Ray actors and the sandboxed reward pool
    (``recipes/r1_tiny_cpu.yaml``, ``DIR/runs/r1``), on the ``rl`` split: images S1 never trained on, as the
-   paper's R1 samples are for its one-epoch S1 (thirteen epochs of S1 all but memorise their items);
+   paper's R1 samples are for its one-epoch S1 (many epochs of S1 all but memorise their items);
 4. ``eval``: the untrained model, S1 and R1 on the held-out test split: greedy answers with ``codepercept-rl
    eval`` (``DIR/eval/<stage>``: STEM2Code-style results, report, HTML gallery), and ``--samples`` answers per
    item sampled as R1's rollouts are (``--sample-temperature`` / ``--sample-top-p``, the recipe's rollout
